@@ -1,0 +1,192 @@
+"""The DP-SGD mechanism of one trial as a dp_accounting event, and its ε.
+
+Pure functions over immutable `DpEvent` values (see ../shared/STYLE.md §1–2): a trial is
+`SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(σ)), T)` with the sampling rate,
+noise multiplier and number of steps it actually executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from decimal import ROUND_CEILING, Decimal
+
+from dp_accounting import dp_event, mechanism_calibration
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+ACCOUNTANTS = ("rdp", "pld")
+"""Accountants a user can choose: Rényi DP (default, exact for every event we build) or PLD
+(privacy loss distributions: tighter ε for the same mechanism, slower)."""
+
+# NOTE: 1e-4 is dp_accounting's default discretisation; PLD ε is a valid upper bound at any
+# interval (the discretisation is pessimistic), so coarser would only cost tightness.
+_PLD_DISCRETIZATION = 1e-4
+
+
+@contextlib.contextmanager
+def _quiet_dp_accounting():
+    """Silence dp_accounting's per-order convergence warnings.
+
+    NOTE: the RDP accountant drops a Rényi order whose series fails to converge and takes the
+    minimum over the remaining orders: ε can only get looser, never smaller, so the warning
+    (hundreds of lines per calibration) tells a user nothing they must act on.
+    """
+    absl_logger = logging.getLogger("absl")
+    previous = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(previous)
+
+
+class AccountingError(ValueError):
+    """A privacy parameter is impossible; the message says which and what to do."""
+
+
+def _check_delta(delta: float) -> None:
+    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
+        raise AccountingError(
+            f"delta must lie strictly between 0 and 1 (got {delta!r}); a common choice is 1e-5, "
+            "well below 1 / (number of training examples)."
+        )
+
+
+def _check_accountant(accountant: str) -> None:
+    if accountant not in ACCOUNTANTS:
+        raise AccountingError(
+            f"unknown accountant {accountant!r}; choose one of: {', '.join(ACCOUNTANTS)}."
+        )
+
+
+def dp_sgd_event(*, sample_rate: float, noise_multiplier: float, steps: int) -> dp_event.DpEvent:
+    """The event of `steps` DP-SGD updates with Poisson sampling and Gaussian noise.
+
+    Args:
+        sample_rate: Poisson sampling probability q of each example per step, in (0, 1].
+        noise_multiplier: σ, the noise standard deviation in units of the clipping norm, > 0.
+        steps: number of noisy updates actually executed, ≥ 0.
+    """
+    if not (0.0 < sample_rate <= 1.0):
+        raise AccountingError(
+            f"sample_rate must lie in (0, 1] (got {sample_rate!r}): it is the expected batch size "
+            "divided by the number of training examples."
+        )
+    if not (noise_multiplier > 0.0 and math.isfinite(noise_multiplier)):
+        raise AccountingError(
+            f"noise_multiplier must be a positive number (got {noise_multiplier!r}); set "
+            "target_epsilon instead to have it calibrated."
+        )
+    if steps < 0 or int(steps) != steps:
+        raise AccountingError(f"steps must be a whole number ≥ 0 (got {steps!r}).")
+    if steps == 0:
+        return dp_event.NoOpDpEvent()
+    return dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)),
+        int(steps),
+    )
+
+
+def _make_accountant(accountant: str, *, calibrating: bool = False):
+    if accountant == "pld":
+        # A coarser grid while calibrating is ~30x faster and only pessimistic: the σ it finds
+        # is re-checked at the fine grid below, so the result still meets the target.
+        interval = _PLD_DISCRETIZATION * (10 if calibrating else 1)
+        return PLDAccountant(value_discretization_interval=interval)
+    return RdpAccountant()
+
+
+def epsilon(event: dp_event.DpEvent, *, delta: float, accountant: str = "rdp") -> float:
+    """ε of `event` at `delta` with the chosen accountant (an upper bound, never rounded down)."""
+    _check_delta(delta)
+    _check_accountant(accountant)
+    acc = _make_accountant(accountant)
+    if not acc.supports(event):
+        raise AccountingError(
+            f"the {accountant} accountant cannot express this mechanism; use accountant=rdp."
+        )
+    with _quiet_dp_accounting():
+        return float(acc.compose(event).get_epsilon(delta))
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+) -> float:
+    """The smallest σ (within 1e-4 relative) whose `steps` DP-SGD updates meet `target_epsilon`.
+
+    Uses dp_accounting's calibration; the result is checked so that ε(σ) ≤ target_epsilon.
+    """
+    _check_delta(delta)
+    _check_accountant(accountant)
+    if not (target_epsilon > 0.0 and math.isfinite(target_epsilon)):
+        raise AccountingError(
+            f"target_epsilon must be a positive finite number (got {target_epsilon!r})."
+        )
+    if steps < 1:
+        raise AccountingError(f"a trial needs at least one step to calibrate σ (got {steps}).")
+    dp_sgd_event(sample_rate=sample_rate, noise_multiplier=1.0, steps=steps)  # validates q
+
+    def make_event(sigma: float) -> dp_event.DpEvent:
+        return dp_sgd_event(sample_rate=sample_rate, noise_multiplier=sigma, steps=steps)
+
+    # σ below 0.1 gives almost no privacy; when even that meets the target, any σ ≥ 0.1 does
+    # and we return 0.1 (extra noise costs accuracy, never privacy).
+    lowest_sigma = 0.1
+    if accountant == "pld":
+        # PLD at small σ is slow (tens of seconds for a blind bracket search). RDP's ε is the
+        # looser bound, so RDP's σ meets the target under PLD too: search just below it.
+        upper = calibrate_noise_multiplier(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps
+        )
+        if upper <= lowest_sigma:
+            return lowest_sigma
+        lower = upper
+        while lower > lowest_sigma:
+            lower = max(lowest_sigma, lower * 0.8)
+            if epsilon(make_event(lower), delta=delta, accountant="pld") > target_epsilon:
+                break
+        else:
+            return lowest_sigma
+        bracket = mechanism_calibration.ExplicitBracketInterval(lower, upper)
+    else:
+        if epsilon(make_event(lowest_sigma), delta=delta, accountant="rdp") <= target_epsilon:
+            return lowest_sigma
+        bracket = mechanism_calibration.LowerEndpointAndGuess(lowest_sigma, 1.0)
+    try:
+        with _quiet_dp_accounting():
+            sigma = mechanism_calibration.calibrate_dp_mechanism(
+                lambda: _make_accountant(accountant, calibrating=True),
+                make_event,
+                target_epsilon,
+                delta,
+                bracket_interval=bracket,
+                tol=1e-5,
+            )
+    except mechanism_calibration.NoBracketIntervalFoundError:
+        raise AccountingError(
+            f"no noise multiplier reaches ε={target_epsilon} at δ={delta} with q={sample_rate} "
+            f"and {steps} steps; raise target_epsilon, or lower the batch size or steps."
+        ) from None
+    # dp_accounting guarantees ε(σ) ≤ target on the grid it searched; PLD searched a coarser
+    # grid, so re-check at the reporting grid and nudge σ up until it holds.
+    while epsilon(make_event(sigma), delta=delta, accountant=accountant) > target_epsilon:
+        sigma *= 1.0001
+    return float(sigma)
+
+
+def round_up(value: float, digits: int = 2) -> float:
+    """Round ε *up* for display: a reported ε must never be smaller than the true bound."""
+    if not math.isfinite(value):
+        return value
+    # Decimal(value) is the float's exact binary value, so the ceiling is exact too; the final
+    # float() may land a hair below the decimal, which we then step up to the next float.
+    step = Decimal(1).scaleb(-digits)
+    shown = float(Decimal(value).quantize(step, rounding=ROUND_CEILING))
+    return shown if shown >= value else math.nextafter(shown, math.inf)

@@ -1,0 +1,1 @@
+"""Results: experiment directory → pandas → accuracy-versus-ε frontiers → tables and plots."""

@@ -1,0 +1,1 @@
+"""The search: `search/run.py` CLI, Ray Tune orchestration, search-level privacy accounting."""

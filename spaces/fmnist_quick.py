@@ -1,0 +1,26 @@
+"""The quickstart: a real Fashion-MNIST search whose trials take ~10-30 s on 2 CPU cores."""
+
+from spaces.distributions import IntUniform, LogUniform
+from spaces.registry import SearchSpace, register_space
+
+register_space(
+    SearchSpace(
+        name="fmnist_quick",
+        description="Quickstart: Tramèr & Boneh CNN on Fashion-MNIST, 1-3 epochs, ε=3 per trial.",
+        fixed={
+            "dataset": "fashion_mnist",
+            "model": "tramer_boneh_cnn",
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "batch_size": 2048,
+            "target_epsilon": 3.0,
+            "delta": 1e-5,
+            "max_physical_batch_size": 1024,
+        },
+        searched={
+            "learning_rate": LogUniform(low=1.0, high=8.0, default=4.0),
+            "max_grad_norm": LogUniform(low=0.05, high=0.5, default=0.1),
+            "epochs": IntUniform(low=1, high=3, default=2),
+        },
+    )
+)

@@ -1,0 +1,152 @@
+"""The command lines: help, errors as one sentence without a traceback, and a real trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import spaces
+
+from .conftest import ROOT, needs_fashion_mnist
+
+
+def run(*args, timeout=300):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def assert_one_sentence_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.stderr
+
+
+def test_search_help_documents_space():
+    result = run("search/run.py", "--help")
+    assert result.returncode == 0
+    assert "--space" in result.stdout and "--list-spaces" in result.stdout
+
+
+def test_search_lists_every_space_with_its_description():
+    result = run("search/run.py", "--list-spaces")
+    assert result.returncode == 0
+    for space in spaces.list_spaces():
+        assert any(
+            line.split()[0] == space.name and space.description in line
+            for line in result.stdout.splitlines()
+        )
+
+
+def test_search_unknown_space_is_one_sentence():
+    assert_one_sentence_error(run("search/run.py", "--space", "nope"), "unknown search space")
+
+
+def test_trainer_help():
+    result = run("-m", "trainers", "--help")
+    assert result.returncode == 0 and "--set" in result.stdout and "--out" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--space", "nope"], "unknown search space"),
+        (["--space", "fmnist_quick", "--set", "lr=1"], "unknown hyperparameter 'lr'"),
+        (["--space", "fmnist_quick", "--set", "epochs=many"], "epochs must be int"),
+        (["--space", "fmnist_quick", "--set", "target_epsilon=-1"], "target_epsilon"),
+        (
+            [
+                "--space",
+                "fmnist_quick",
+                "--set",
+                "data_dir=/nonexistent",
+                "--set",
+                "download=false",
+            ],
+            "Fashion-MNIST not found",
+        ),
+        (
+            ["--space", "nfnet_cifar", "--set", "data_dir=/nonexistent"],
+            "CIFAR-10 not found",
+        ),
+    ],
+)
+def test_trainer_errors_are_one_sentence(tmp_path, args, fragment):
+    assert_one_sentence_error(run("-m", "trainers", *args, "--out", str(tmp_path)), fragment)
+
+
+def test_trainer_refuses_an_unwritable_out_dir_without_losing_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"kept": true}')
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("-m", "trainers", "--space", "fmnist_quick", "--out", str(blocker / "sub"))
+    assert_one_sentence_error(result, "cannot create --out")
+    assert json.loads((out / "metrics.json").read_text()) == {"kept": True}
+
+
+def test_trainer_missing_pretrained_file_is_one_sentence(tmp_path):
+    result = run(
+        "-m", "trainers", "--space", "nfnet_cifar",
+        "--set", "dataset=synthetic", "--set", "synthetic_channels=3",
+        "--set", "pretrained_file=/nonexistent/weights.safetensors", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert_one_sentence_error(result, "pretrained_file")
+
+
+def test_trainer_writes_metrics_on_synthetic_data(tmp_path):
+    result = run(
+        "-m", "trainers", "--space", "fmnist_quick",
+        "--set", "dataset=synthetic", "--set", "synthetic_examples=256",
+        "--set", "validation_size=64", "--set", "batch_size=64", "--set", "epochs=1",
+        "--set", "delta=1e-4", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "config",
+    ):
+        assert key in metrics
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["epsilon"] <= 3.0
+    assert metrics["config"]["learning_rate"] == 4.0  # the space's default
+    assert "epoch 1/1" in result.stderr  # progress is shown
+    assert "test accuracy" in result.stdout
+
+
+@needs_fashion_mnist
+def test_trainer_runs_on_real_fashion_mnist(tmp_path):
+    result = run(
+        "-m", "trainers", "--space", "fmnist_quick", "--set", "max_train_examples=4096",
+        "--set", "batch_size=256", "--set", "epochs=2",
+        "--set", "validation_size=1000", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["final"]["n_train"] == 4096
+    assert metrics["epsilon"] <= 3.0 and metrics["accuracy"] > 0.3
+
+
+def test_non_private_epsilon_is_written_as_null_not_infinity(tmp_path):
+    result = run(
+        "-m", "trainers", "--space", "fmnist_quick", "--set", "private=false",
+        "--set", "dataset=synthetic", "--set", "synthetic_examples=128",
+        "--set", "validation_size=32", "--set", "batch_size=64", "--set", "epochs=1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "metrics.json").read_text()
+    assert "Infinity" not in text and json.loads(text)["epsilon"] is None
+    assert "not private" in result.stdout

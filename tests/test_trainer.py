@@ -1,0 +1,175 @@
+"""The trainer on synthetic data: private and non-private paths, reports, seeds, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainers import TrainConfig, TrainerError, make_config, parse_overrides, train
+from trainers.models import build_model
+
+from .conftest import tiny
+
+REPORT_KEYS = {
+    "epoch", "steps", "val_accuracy", "val_loss", "val_class_accuracy",
+    "sample_rate", "noise_multiplier", "epsilon", "delta", "private", "done",
+}  # fmt: skip
+
+
+def test_private_trial_reports_each_epoch_and_meets_its_target_epsilon():
+    reports = []
+    final = train(make_config(tiny(epochs=3, target_epsilon=2.0)), reports.append)
+    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    for report in reports:
+        assert REPORT_KEYS <= set(report)
+        assert len(report["val_class_accuracy"]) == 10
+    # Poisson sampling at q = 1 / ceil(N / B): 256 examples, B = 64 → 4 steps per epoch.
+    assert [r["steps"] for r in reports] == [4, 8, 12]
+    assert reports[0]["sample_rate"] == pytest.approx(0.25)
+    epsilons = [r["epsilon"] for r in reports]
+    assert epsilons == sorted(epsilons) and epsilons[-1] <= 2.0
+    assert epsilons[-1] >= 1.98  # σ calibrated to the target, not merely below it
+    assert "test_accuracy" in final and "test_accuracy" not in reports[0]
+    assert final is reports[-1] or final == reports[-1]
+
+
+def test_given_noise_multiplier_is_used_and_its_epsilon_reported():
+    final = train(make_config(tiny(noise_multiplier=2.0, target_epsilon=None, epochs=1)))
+    assert final["noise_multiplier"] == 2.0
+    assert 0 < final["epsilon"] < math.inf
+
+
+def test_noise_multiplier_that_would_overspend_the_target_is_refused():
+    with pytest.raises(TrainerError, match="would spend"):
+        train(make_config(tiny(noise_multiplier=0.3, target_epsilon=1.0)))
+
+
+def test_non_private_baseline_learns_and_reports_infinite_epsilon():
+    config = make_config(tiny(private=False, epochs=4, learning_rate=0.05))
+    final = train(config)
+    assert final["epsilon"] == math.inf and final["noise_multiplier"] == 0.0
+    assert final["private"] is False
+    assert final["test_accuracy"] > 0.8  # 10 classes: chance is 0.1
+
+
+def test_private_training_learns_on_easy_data():
+    final = train(make_config(tiny(epochs=4, target_epsilon=50.0, learning_rate=0.5)))
+    assert final["test_accuracy"] > 0.5
+
+
+def test_same_seed_same_run_different_seed_different_run():
+    a = train(make_config(tiny(epochs=1, seed=3)))
+    b = train(make_config(tiny(epochs=1, seed=3)))
+    c = train(make_config(tiny(epochs=1, seed=4)))
+    for key in ("val_loss", "test_loss", "train_loss", "epsilon"):
+        assert a[key] == b[key]
+    assert a["val_loss"] != c["val_loss"]
+
+
+def test_physical_batch_size_does_not_change_the_mechanism():
+    small = train(make_config(tiny(epochs=1, max_physical_batch_size=8)))
+    large = train(make_config(tiny(epochs=1, max_physical_batch_size=64)))
+    for key in ("steps", "sample_rate", "noise_multiplier", "epsilon"):
+        assert small[key] == large[key]
+
+
+def test_pld_accountant_is_honoured():
+    final = train(make_config(tiny(epochs=1, accountant="pld", target_epsilon=2.0)))
+    assert final["accountant"] == "pld" and final["epsilon"] <= 2.0
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"batch_size": 10_000}, "exceeds"),
+        ({"delta": 0.5}, "not below 1/n"),
+    ],
+)
+def test_trial_level_errors_are_sentences(overrides, fragment):
+    with pytest.raises(TrainerError, match=fragment):
+        train(make_config(tiny(**overrides)))
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"lr": 1.0}, "unknown hyperparameter"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": "fast"}, "learning_rate must be float"),
+        ({"dataset": "imagenet"}, "unknown dataset"),
+        ({"target_epsilon": 0.0}, "target_epsilon"),
+        ({"delta": 1.0}, "delta"),
+        ({"epochs": 0}, "epochs"),
+        ({"noise_multiplier": None, "target_epsilon": None}, "needs target_epsilon"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(values, fragment):
+    with pytest.raises(TrainerError, match=fragment):
+        make_config(values)
+
+
+def test_parse_overrides_types_values_from_the_config_fields():
+    parsed = parse_overrides(
+        ["learning_rate=2", "epochs=3", "private=false", "noise_multiplier=none", "model=resnet18"]
+    )
+    assert parsed == {
+        "learning_rate": 2.0,
+        "epochs": 3,
+        "private": False,
+        "noise_multiplier": None,
+        "model": "resnet18",
+    }
+    assert isinstance(parsed["learning_rate"], float)
+    with pytest.raises(TrainerError, match="key=value"):
+        parse_overrides(["learning_rate"])
+    with pytest.raises(TrainerError, match="epochs must be int"):
+        parse_overrides(["epochs=1.5"])
+
+
+def test_timm_models_are_made_dp_compatible():
+    # BatchNorm (plain and timm's fused BatchNormAct2d) → GroupNorm; in-place ReLUs off.
+    for name in ("test_resnet", "test_byobnet"):
+        model = build_model(TrainConfig(model=name), in_channels=3, num_classes=10, image_size=32)
+        kinds = {type(m).__name__ for m in model.modules()}
+        assert not any("BatchNorm" in kind for kind in kinds), kinds
+        assert not any(getattr(m, "inplace", False) is True for m in model.modules())
+
+
+def test_nf_resnet_trains_privately_despite_inplace_activations():
+    # Opacus fails on timm's nf_resnet with in-place activations ("Output 0 of
+    # BackwardHookFunction is a view and is being modified inplace"); the trainer fixes it.
+    final = train(
+        make_config(
+            tiny(
+                model="nf_resnet26", synthetic_channels=3, synthetic_image_size=32,
+                synthetic_examples=16, validation_size=4, batch_size=8,
+                max_physical_batch_size=8, epochs=1,
+            )
+        )
+    )  # fmt: skip
+    assert final["steps"] == 2 and final["epsilon"] <= 8.0
+
+
+def test_residual_in_place_additions_are_handled():
+    # timm's ResNet does `x += shortcut` on a hooked layer's output: outputs get copied.
+    model = build_model(TrainConfig(model="resnet18"), in_channels=3, num_classes=10, image_size=32)
+    from opacus import GradSampleModule
+
+    net = GradSampleModule(model)
+    torch.nn.functional.cross_entropy(
+        net(torch.randn(3, 3, 32, 32)), torch.tensor([0, 1, 2])
+    ).backward()
+    assert all(p.grad_sample.shape[0] == 3 for p in net.parameters() if p.requires_grad)
+
+
+def test_unsupported_layers_are_a_clear_error():
+    with pytest.raises(TrainerError, match="Opacus cannot train privately"):
+        build_model(TrainConfig(model="test_coatnet"), in_channels=3, num_classes=10, image_size=32)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(TrainerError, match="unknown model"):
+        build_model(TrainConfig(model="no_such_net"), in_channels=1, num_classes=10, image_size=28)

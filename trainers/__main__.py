@@ -1,0 +1,119 @@
+"""`python -m trainers --space NAME [--set key=value ...] --out DIR`: one trial, no Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import accounting
+import spaces
+from trainers.config import TrainerError, make_config, parse_overrides
+from trainers.loop import train
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainers",
+        description="Run one DP-SGD trial of a search space without Ray: the space's defaults, "
+        "overridden by --set, and write DIR/metrics.json.",
+        epilog="Example: python -m trainers --space fmnist_quick --set epochs=1 --out runs/one",
+    )
+    parser.add_argument("--space", required=True, help="registered search space (--list-spaces)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set learning_rate=2 --set private=false (repeatable)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        space = spaces.get_space(args.space)
+        config = make_config({**space.default_config(), **parse_overrides(args.overrides)})
+        out_dir = _prepare_out_dir(args.out)
+        history: list[dict[str, Any]] = []
+        final = train(config, history.append)
+    except (spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics = {
+        "space": space.name,
+        "accuracy": final["test_accuracy"],
+        "epsilon": final["epsilon"],
+        "delta": final["delta"],
+        "noise_multiplier": final["noise_multiplier"],
+        "sample_rate": final["sample_rate"],
+        "steps": final["steps"],
+        "private": final["private"],
+        "accountant": final["accountant"],
+        "final": final,
+        "history": history,
+        "config": config.to_dict(),
+    }
+    path = _write_json_atomically(out_dir / "metrics.json", metrics)
+    epsilon = (
+        "∞ (not private)"
+        if math.isinf(final["epsilon"])
+        else accounting.round_up(final["epsilon"], 3)
+    )
+    print(
+        f"test accuracy {final['test_accuracy']:.4f} at ε={epsilon}, δ={final['delta']:g} "
+        f"(σ={final['noise_multiplier']:.4g}, q={final['sample_rate']:.4g}, "
+        f"{final['steps']} steps) → {path}"
+    )
+    return 0
+
+
+def _prepare_out_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainerError(
+            f"cannot create --out {str(path)!r} ({error.strerror}); choose another folder."
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise TrainerError(f"--out {str(path)!r} is not writable; choose another folder.")
+    return path
+
+
+def _write_json_atomically(path: Path, data: dict) -> Path:
+    """Write via a temporary file and rename, so an existing file is never left half-written."""
+
+    def clean(value):  # JSON has no ∞: write it as null, the "private" flag says why
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(clean(data), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""The configuration of one trial: a frozen, keyword-only dataclass, and parsing of `--set`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class TrainerError(ValueError):
+    """Bad configuration, missing data or weights, or a model that cannot be made private.
+
+    The message is one sentence that says what to do; command-line tools print it without a
+    traceback.
+    """
+
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything one DP-SGD trial needs. Search spaces set these keys; `--set key=value` too."""
+
+    # --- data ---
+    dataset: str = "fashion_mnist"
+    """One of fashion_mnist, cifar10, cifar100, synthetic."""
+    data_dir: str | None = None
+    """Where the data set lies; None: the standard places (see README, "Data and weights")."""
+    download: bool = False
+    """Let torchvision download a missing data set (needs internet)."""
+    validation_size: int = 5000
+    """Examples held out of the training split for tuning (0: none; the test split is only
+    ever used for the final report)."""
+    max_train_examples: int | None = None
+    """Train on the first N (shuffled) examples only: quick runs. ε is computed for this N."""
+    synthetic_examples: int = 1024
+    """Synthetic data set only: number of training examples (the test split has a quarter)."""
+    synthetic_image_size: int = 28
+    """Synthetic data set only: height and width of the images."""
+    synthetic_channels: int = 1
+    """Synthetic data set only: image channels."""
+    synthetic_classes: int = 10
+    """Synthetic data set only: number of classes."""
+
+    # --- model ---
+    model: str = "tramer_boneh_cnn"
+    """A built-in model (tramer_boneh_cnn, tramer_boneh_cifar_cnn) or any timm model name."""
+    pretrained: bool = False
+    """timm models: start from pretrained (ImageNet) weights."""
+    pretrained_file: str | None = None
+    """timm models: a local weights file to use instead of downloading (implies pretrained)."""
+    image_size: int | None = None
+    """Resize inputs to this size (e.g. for pretrained timm models); None: native size."""
+
+    # --- optimisation ---
+    optimizer: str = "sgd"
+    """sgd (with momentum) or adam."""
+    learning_rate: float = 0.1
+    """Step size."""
+    momentum: float = 0.0
+    """SGD momentum (ignored by adam)."""
+    weight_decay: float = 0.0
+    """L2 penalty applied by the optimizer (after noising: post-processing)."""
+    batch_size: int = 256
+    """Expected logical batch size B; the Poisson sampling rate is q = B / N."""
+    max_physical_batch_size: int = 256
+    """Largest batch put through the model at once; logical batches are split to fit memory."""
+    epochs: int = 1
+    """Passes over the training data: T = epochs · round(N / B) steps."""
+
+    # --- privacy ---
+    private: bool = True
+    """False: a non-private baseline (no clipping, no noise, ε = ∞)."""
+    max_grad_norm: float = 1.0
+    """Clipping norm C of each example's gradient."""
+    noise_multiplier: float | None = None
+    """σ: noise std in units of C. None: calibrated so the trial meets target_epsilon."""
+    target_epsilon: float | None = 8.0
+    """ε the trial may spend at `delta` (used to calibrate σ; checked when σ is given)."""
+    delta: float = 1e-5
+    """δ of the (ε, δ) guarantee; must be well below 1 / N."""
+    accountant: str = "rdp"
+    """rdp or pld: how ε is computed from the executed mechanism."""
+
+    # --- run ---
+    seed: int = 0
+    """Seeds model init, sampling and noise: same seed, same run."""
+    split_seed: int = 0
+    """Seeds the train/validation split; keep it fixed across the trials of a search."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda, or cuda:N."""
+    eval_batch_size: int = 1024
+    """Batch size for validation and test passes."""
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _validate(c: TrainConfig) -> None:
+    def need(ok: bool, sentence: str) -> None:
+        if not ok:
+            raise TrainerError(sentence)
+
+    need(
+        c.dataset in DATASETS,
+        f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}.",
+    )
+    need(
+        c.optimizer in OPTIMIZERS,
+        f"unknown optimizer {c.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.",
+    )
+    need(c.accountant in ("rdp", "pld"), f"unknown accountant {c.accountant!r}; choose rdp or pld.")
+    need(c.validation_size >= 0, f"validation_size must be ≥ 0 (got {c.validation_size}).")
+    need(
+        c.max_train_examples is None or c.max_train_examples >= 1,
+        f"max_train_examples must be ≥ 1 or unset (got {c.max_train_examples}).",
+    )
+    need(c.synthetic_examples >= 2, f"synthetic_examples must be ≥ 2 (got {c.synthetic_examples}).")
+    need(
+        c.synthetic_image_size >= 8,
+        f"synthetic_image_size must be ≥ 8 (got {c.synthetic_image_size}).",
+    )
+    need(
+        c.synthetic_channels in (1, 3),
+        f"synthetic_channels must be 1 or 3 (got {c.synthetic_channels}).",
+    )
+    need(c.synthetic_classes >= 2, f"synthetic_classes must be ≥ 2 (got {c.synthetic_classes}).")
+    need(
+        c.image_size is None or c.image_size >= 8,
+        f"image_size must be ≥ 8 or unset (got {c.image_size}).",
+    )
+    need(
+        c.learning_rate > 0 and math.isfinite(c.learning_rate),
+        f"learning_rate must be a positive number (got {c.learning_rate}).",
+    )
+    need(c.momentum >= 0 and c.momentum < 1, f"momentum must lie in [0, 1) (got {c.momentum}).")
+    need(c.weight_decay >= 0, f"weight_decay must be ≥ 0 (got {c.weight_decay}).")
+    need(c.batch_size >= 1, f"batch_size must be ≥ 1 (got {c.batch_size}).")
+    need(
+        c.max_physical_batch_size >= 1,
+        f"max_physical_batch_size must be ≥ 1 (got {c.max_physical_batch_size}).",
+    )
+    need(c.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1 (got {c.eval_batch_size}).")
+    need(c.epochs >= 1, f"epochs must be ≥ 1 (got {c.epochs}).")
+    need(
+        c.max_grad_norm > 0 and math.isfinite(c.max_grad_norm),
+        f"max_grad_norm must be a positive number (got {c.max_grad_norm}).",
+    )
+    need(
+        c.noise_multiplier is None
+        or (c.noise_multiplier > 0 and math.isfinite(c.noise_multiplier)),
+        "noise_multiplier must be a positive number, or unset to calibrate it "
+        f"(got {c.noise_multiplier}).",
+    )
+    need(
+        c.target_epsilon is None or (c.target_epsilon > 0 and math.isfinite(c.target_epsilon)),
+        f"target_epsilon must be a positive number (got {c.target_epsilon}).",
+    )
+    need(
+        0 < c.delta < 1, f"delta must lie strictly between 0 and 1 (got {c.delta}); 1e-5 is usual."
+    )
+    need(
+        not c.private or c.noise_multiplier is not None or c.target_epsilon is not None,
+        "a private trial needs target_epsilon (to calibrate σ) or noise_multiplier; set one.",
+    )
+    need(
+        c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
+        f"device must be auto, cpu, cuda or cuda:N (got {c.device!r}).",
+    )
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def make_config(values: Mapping[str, Any]) -> TrainConfig:
+    """Build a `TrainConfig` from a mapping, with a clear error for unknown keys or bad types."""
+    known = set(config_keys())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TrainerError(
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known))}."
+        )
+    hints = typing.get_type_hints(TrainConfig)
+    checked = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+    return TrainConfig(**checked)
+
+
+def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
+    """Parse `key=value` strings (from `--set`) into typed values of `TrainConfig` fields."""
+    hints = typing.get_type_hints(TrainConfig)
+    result: dict[str, Any] = {}
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TrainerError(f"--set expects key=value (got {text!r}).")
+        if key not in hints:
+            raise TrainerError(
+                f"unknown hyperparameter {key!r}; known: {', '.join(sorted(hints))}."
+            )
+        result[key] = _coerce(key, _parse_text(raw.strip()), hints[key])
+    return result
+
+
+def _parse_text(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("none", "null", ""):
+        return None
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against the field's annotation, converting int → float where meant."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise TrainerError(f"{key} cannot be empty.")
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
+    raise TrainerError(f"{key} must be {names} (got {value!r}).")

@@ -1,0 +1,367 @@
+"""`train(config, report)`: one DP-SGD trial as a plain loop that needs no Ray.
+
+The loop records the mechanism it executes (sampling rate q, noise multiplier σ, steps T) and
+asks `accounting` for ε; it does no privacy math itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import accounting
+from trainers.config import TrainConfig, TrainerError
+from trainers.data import Splits, load_splits
+from trainers.models import build_model, check_pretrained_file
+
+log = logging.getLogger(__name__)
+
+# NOTE: PyTorch warns on every backward that the first layer's input needs no gradient, which
+# is true of every image model and changes nothing for Opacus's hooks.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+Report = Callable[[dict[str, Any]], None]
+"""Receives one dict of metrics per epoch (the Ray wrapper forwards it to `ray.tune.report`)."""
+
+_PROGRESS_EVERY_S = 10.0
+
+
+def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
+    """Run one trial; call `report` after every epoch; return the final metrics.
+
+    Every report holds the validation metrics, the steps done and the mechanism executed so far
+    (`sample_rate`, `noise_multiplier`, `steps`) with its `epsilon` at `delta`. The last report
+    (`done=True`) adds the test metrics; it is also the return value.
+    """
+    report = report or (lambda metrics: None)
+    device = _device(config)
+    check_pretrained_file(config)
+    _seed_everything(config.seed)
+    splits = load_splits(config)
+    n_train = len(splits.train)
+    if config.batch_size > n_train:
+        raise TrainerError(
+            f"batch_size={config.batch_size} exceeds the {n_train} training examples; lower it."
+        )
+    if config.private and config.delta >= 1.0 / n_train:
+        raise TrainerError(
+            f"delta={config.delta} is not below 1/n = {1.0 / n_train:.2g} for n={n_train} "
+            "training examples, which permits releasing whole examples; lower delta."
+        )
+
+    image_size = config.image_size or splits.image_size
+    model = build_model(
+        config, in_channels=splits.channels, num_classes=splits.num_classes, image_size=image_size
+    ).to(device)
+    prepare = _BatchPreparer(model, splits, image_size=image_size, device=device, config=config)
+    optimizer = _make_optimizer(config, model.parameters())
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    # Opacus's Poisson loader samples each example with q = 1 / (batches per epoch); with
+    # B ∤ N that is slightly below B / N. We account for the q actually used.
+    sample_rate = 1.0 / steps_per_epoch
+    planned_steps = steps_per_epoch * config.epochs
+
+    if config.private:
+        noise_multiplier = _noise_multiplier(config, sample_rate, planned_steps)
+        step_fn = _DpStep(
+            model=model,
+            optimizer=optimizer,
+            dataset=splits.train,
+            config=config,
+            noise_multiplier=noise_multiplier,
+            device=device,
+        )
+    else:
+        noise_multiplier = 0.0
+        step_fn = _NonPrivateStep(
+            model=model, optimizer=optimizer, dataset=splits.train, config=config
+        )
+    log.info(
+        "training %s on %s: n=%d, q=%.5g, σ=%.4g, C=%g, %d epochs × %d steps, device %s",
+        config.model, config.dataset, n_train, sample_rate, noise_multiplier,
+        config.max_grad_norm, config.epochs, steps_per_epoch, device,
+    )  # fmt: skip
+
+    steps = 0
+    started = time.monotonic()
+    metrics: dict[str, Any] = {}
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        last_log = time.monotonic()
+        train_loss, train_seen = 0.0, 0
+        for images, labels in step_fn.batches():
+            loss_sum, n, stepped = step_fn(prepare(images), labels.to(device))
+            train_loss += loss_sum
+            train_seen += n
+            steps += stepped
+            if time.monotonic() - last_log > _PROGRESS_EVERY_S:
+                log.info("epoch %d: step %d/%d", epoch, steps, planned_steps)
+                last_log = time.monotonic()
+        metrics = {
+            "epoch": epoch,
+            "steps": steps,
+            "train_loss": train_loss / max(train_seen, 1),
+            **_mechanism(config, sample_rate, noise_multiplier, steps),
+            "n_train": n_train,
+            "time_s": time.monotonic() - started,
+            "done": epoch == config.epochs,
+        }
+        if splits.validation is not None:
+            metrics.update(
+                _prefixed(
+                    "val",
+                    evaluate(
+                        model, splits.validation, prepare, config, num_classes=splits.num_classes
+                    ),
+                )
+            )
+        if epoch == config.epochs:
+            metrics.update(
+                _prefixed(
+                    "test",
+                    evaluate(model, splits.test, prepare, config, num_classes=splits.num_classes),
+                )
+            )
+        log.info(
+            "epoch %d/%d: steps %d, ε %.3g, val acc %s%s",
+            epoch, config.epochs, steps, metrics["epsilon"],
+            _fmt(metrics.get("val_accuracy")),
+            f", test acc {_fmt(metrics['test_accuracy'])}" if "test_accuracy" in metrics else "",
+        )  # fmt: skip
+        report(metrics)
+    step_fn.close()
+    return metrics
+
+
+# --- privacy --------------------------------------------------------------------------------
+
+
+def _noise_multiplier(config: TrainConfig, sample_rate: float, steps: int) -> float:
+    if config.noise_multiplier is None:
+        return accounting.calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=config.accountant,
+        )
+    if config.target_epsilon is not None:
+        event = accounting.dp_sgd_event(
+            sample_rate=sample_rate, noise_multiplier=config.noise_multiplier, steps=steps
+        )
+        planned = accounting.epsilon(event, delta=config.delta, accountant=config.accountant)
+        if planned > config.target_epsilon:
+            raise TrainerError(
+                f"noise_multiplier={config.noise_multiplier} would spend ε={planned:.3f} > "
+                f"target_epsilon={config.target_epsilon}; raise noise_multiplier, or unset it "
+                "(--set noise_multiplier=none) to calibrate it."
+            )
+    return config.noise_multiplier
+
+
+def _mechanism(
+    config: TrainConfig, sample_rate: float, noise_multiplier: float, steps: int
+) -> dict[str, Any]:
+    """The executed mechanism and its ε so far (∞ for a non-private run)."""
+    if config.private:
+        event = accounting.dp_sgd_event(
+            sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps
+        )
+        epsilon = accounting.epsilon(event, delta=config.delta, accountant=config.accountant)
+    else:
+        epsilon = math.inf
+    return {
+        "private": config.private,
+        "sample_rate": sample_rate,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": config.max_grad_norm,
+        "epsilon": epsilon,
+        "delta": config.delta,
+        "accountant": config.accountant,
+    }
+
+
+# --- one optimisation step ------------------------------------------------------------------
+
+
+class _DpStep:
+    """DP-SGD with Opacus: Poisson sampling, per-example clipping, Gaussian noise, and logical
+    batches split into physical ones (`BatchMemoryManager`) so large batches fit in memory."""
+
+    def __init__(self, *, model, optimizer, dataset, config, noise_multiplier, device) -> None:
+        from opacus import PrivacyEngine
+
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+        )
+        with warnings.catch_warnings():
+            # Seeded (reproducible) noise from torch's PRNG rather than a CSPRNG: said once here
+            # instead of Opacus's multi-line warning.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(secure_mode=False)
+        log.info("DP noise from torch's seeded PRNG (reproducible, not cryptographically secure)")
+        noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self.model, self.optimizer, self.loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=config.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+        )
+        self.max_physical_batch_size = config.max_physical_batch_size
+
+    def batches(self):
+        from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+        with BatchMemoryManager(
+            data_loader=self.loader,
+            max_physical_batch_size=self.max_physical_batch_size,
+            optimizer=self.optimizer,
+        ) as loader:
+            yield from loader
+
+    def __call__(self, images, labels) -> tuple[float, int, int]:
+        output = self.model(images)
+        loss = F.cross_entropy(output, labels) if len(labels) else output.sum() * 0.0
+        loss.backward()
+        self.optimizer.step()  # skipped by Opacus until the logical batch is complete
+        self.optimizer.zero_grad(set_to_none=True)
+        stepped = 0 if self.optimizer._is_last_step_skipped else 1
+        return loss.item() * len(labels), len(labels), stepped
+
+    def close(self) -> None:
+        self.model._close()
+
+
+class _NonPrivateStep:
+    """Plain minibatch SGD for baselines: shuffled batches of `batch_size`, no clipping or
+    noise, gradients accumulated over physical batches."""
+
+    def __init__(self, *, model, optimizer, dataset, config) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+        )
+        self.physical = config.max_physical_batch_size
+
+    def batches(self):
+        yield from self.loader
+
+    def __call__(self, images, labels) -> tuple[float, int, int]:
+        total = 0.0
+        for start in range(0, len(labels), self.physical):
+            chunk = slice(start, start + self.physical)
+            loss = F.cross_entropy(self.model(images[chunk]), labels[chunk], reduction="sum")
+            (loss / len(labels)).backward()
+            total += loss.item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, len(labels), 1
+
+    def close(self) -> None:
+        pass
+
+
+def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+
+
+# --- data to device, evaluation -------------------------------------------------------------
+
+
+class _BatchPreparer:
+    """uint8 images → float, resized to the model's input size, normalised, on the device."""
+
+    def __init__(self, model: nn.Module, splits: Splits, *, image_size, device, config) -> None:
+        mean, std = splits.mean, splits.std
+        cfg = getattr(model, "pretrained_cfg", None)
+        if (config.pretrained or config.pretrained_file) and cfg and "mean" in cfg:
+            # Pretrained weights expect the statistics they were trained with.
+            mean, std = cfg["mean"], cfg["std"]
+            if splits.channels == 1:
+                mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.image_size = image_size
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: TensorDataset, prepare, config: TrainConfig, *, num_classes: int
+) -> dict:
+    """Accuracy, mean loss and per-class accuracy (None for a class with no examples)."""
+    model.eval()
+    images, labels = dataset.tensors
+    correct = torch.zeros(num_classes, dtype=torch.long)
+    counts = torch.bincount(labels, minlength=num_classes)
+    loss_sum = 0.0
+    for start in range(0, len(labels), config.eval_batch_size):
+        x = prepare(images[start : start + config.eval_batch_size])
+        y = labels[start : start + config.eval_batch_size].to(x.device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        hits = (logits.argmax(dim=1) == y).cpu()
+        correct += torch.bincount(y.cpu()[hits], minlength=num_classes)[:num_classes]
+    model.train()
+    n = max(len(labels), 1)
+    per_class = [int(c) / int(k) if k else None for c, k in zip(correct, counts, strict=True)]
+    return {
+        "accuracy": float(correct.sum()) / n,
+        "loss": loss_sum / n,
+        "class_accuracy": per_class,
+    }
+
+
+def _prefixed(prefix: str, values: dict) -> dict:
+    return {f"{prefix}_{key}": value for key, value in values.items()}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainerError(f"device={config.device} but no CUDA GPU is visible; use device=cpu.")
+    return torch.device(config.device)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
