@@ -47,16 +47,16 @@ def test_noise_multiplier_that_would_overspend_the_target_is_refused():
 
 
 def test_non_private_baseline_learns_and_reports_infinite_epsilon():
-    config = make_config(tiny(private=False, epochs=4, learning_rate=0.05))
+    config = make_config(tiny(private=False, epochs=8, learning_rate=0.1))
     final = train(config)
     assert final["epsilon"] == math.inf and final["noise_multiplier"] == 0.0
     assert final["private"] is False
-    assert final["test_accuracy"] > 0.8  # 10 classes: chance is 0.1
+    assert final["test_accuracy"] > 0.9  # 10 classes: chance is 0.1
 
 
 def test_private_training_learns_on_easy_data():
-    final = train(make_config(tiny(epochs=4, target_epsilon=50.0, learning_rate=0.5)))
-    assert final["test_accuracy"] > 0.5
+    final = train(make_config(tiny(epochs=4, target_epsilon=50.0, learning_rate=2.0)))
+    assert final["test_accuracy"] > 0.6
 
 
 def test_same_seed_same_run_different_seed_different_run():
@@ -173,3 +173,31 @@ def test_unsupported_layers_are_a_clear_error():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(TrainerError, match="unknown model"):
         build_model(TrainConfig(model="no_such_net"), in_channels=1, num_classes=10, image_size=28)
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path):
+    # The offline route for ImageNet weights: --set pretrained_file=PATH.
+    import timm
+
+    torch.manual_seed(123)
+    source = timm.create_model("test_resnet", num_classes=10)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model(
+        TrainConfig(model="test_resnet", pretrained_file=str(path)),
+        in_channels=3, num_classes=10, image_size=32,
+    )  # fmt: skip
+    fresh = build_model(
+        TrainConfig(model="test_resnet"), in_channels=3, num_classes=10, image_size=32
+    )
+    expected = source.state_dict()
+    convs = {
+        key.replace(".module", ""): value
+        for key, value in loaded.state_dict().items()
+        if value.dim() == 4  # conv kernels: untouched by the BatchNorm → GroupNorm swap
+    }
+    assert convs and all(torch.equal(value, expected[key]) for key, value in convs.items())
+    assert not torch.equal(
+        next(v for v in fresh.state_dict().values() if v.dim() == 4),
+        next(iter(convs.values())),
+    )

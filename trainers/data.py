@@ -205,7 +205,7 @@ def _load_synthetic(config: TrainConfig):
     """
     gen = torch.Generator().manual_seed(1234)
     k, c, s = config.synthetic_classes, config.synthetic_channels, config.synthetic_image_size
-    prototypes = torch.rand(k, c, s, s, generator=gen)
+    prototypes = (torch.rand(k, c, s, s, generator=gen) > 0.5).float()  # high-contrast patterns
 
     def make(n: int):
         labels = torch.randint(0, k, (n,), generator=gen)
