@@ -116,9 +116,9 @@ def _create_timm_model(
             raise
         raise TrainerError(
             f"could not load pretrained weights for {config.model} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:160] if str(error) else ''}); download them where "
-            "there is internet (timm caches them in ~/.cache/huggingface) and pass "
-            "--set pretrained_file=PATH, or --set pretrained=false."
+            "no internet, or no cached copy); download them where there is internet (timm "
+            "caches them in ~/.cache/huggingface) and pass --set pretrained_file=PATH, or "
+            "--set pretrained=false."
         ) from None
 
 
