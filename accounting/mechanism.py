@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from decimal import ROUND_CEILING, Decimal
 
 from dp_accounting import dp_event, mechanism_calibration
@@ -119,9 +120,32 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: str = "rdp",
 ) -> float:
-    """The smallest σ (within 1e-4 relative) whose `steps` DP-SGD updates meet `target_epsilon`.
+    """The smallest σ (within 1e-5) whose `steps` DP-SGD updates meet `target_epsilon`."""
+    if steps < 1:
+        raise AccountingError(f"a trial needs at least one step to calibrate σ (got {steps}).")
+    dp_sgd_event(sample_rate=sample_rate, noise_multiplier=1.0, steps=steps)  # validates q
+    return calibrate_noise(
+        lambda sigma: dp_sgd_event(sample_rate=sample_rate, noise_multiplier=sigma, steps=steps),
+        target_epsilon=target_epsilon,
+        delta=delta,
+        accountant=accountant,
+        what=f"q={sample_rate} and {steps} steps",
+    )
 
-    Uses dp_accounting's calibration; the result is checked so that ε(σ) ≤ target_epsilon.
+
+def calibrate_noise(
+    make_event: Callable[[float], dp_event.DpEvent],
+    *,
+    target_epsilon: float,
+    delta: float,
+    accountant: str = "rdp",
+    what: str = "this mechanism",
+) -> float:
+    """The smallest noise multiplier σ for which `make_event(σ)` meets `target_epsilon` at δ.
+
+    The one root finder behind every calibration (a trial, a whole search): dp_accounting's
+    `calibrate_dp_mechanism`, with the result re-checked so that ε(σ) ≤ target_epsilon always.
+    `make_event` must give an ε that falls as σ grows.
     """
     _check_delta(delta)
     _check_accountant(accountant)
@@ -129,12 +153,9 @@ def calibrate_noise_multiplier(
         raise AccountingError(
             f"target_epsilon must be a positive finite number (got {target_epsilon!r})."
         )
-    if steps < 1:
-        raise AccountingError(f"a trial needs at least one step to calibrate σ (got {steps}).")
-    dp_sgd_event(sample_rate=sample_rate, noise_multiplier=1.0, steps=steps)  # validates q
 
-    def make_event(sigma: float) -> dp_event.DpEvent:
-        return dp_sgd_event(sample_rate=sample_rate, noise_multiplier=sigma, steps=steps)
+    def spent(sigma: float, kind: str = accountant) -> float:
+        return epsilon(make_event(sigma), delta=delta, accountant=kind)
 
     # σ below 0.1 gives almost no privacy; when even that meets the target, any σ ≥ 0.1 does
     # and we return 0.1 (extra noise costs accuracy, never privacy).
@@ -142,21 +163,21 @@ def calibrate_noise_multiplier(
     if accountant == "pld":
         # PLD at small σ is slow (tens of seconds for a blind bracket search). RDP's ε is the
         # looser bound, so RDP's σ meets the target under PLD too: search just below it.
-        upper = calibrate_noise_multiplier(
-            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps
+        upper = calibrate_noise(
+            make_event, target_epsilon=target_epsilon, delta=delta, accountant="rdp", what=what
         )
         if upper <= lowest_sigma:
             return lowest_sigma
         lower = upper
         while lower > lowest_sigma:
             lower = max(lowest_sigma, lower * 0.8)
-            if epsilon(make_event(lower), delta=delta, accountant="pld") > target_epsilon:
+            if spent(lower) > target_epsilon:
                 break
         else:
             return lowest_sigma
         bracket = mechanism_calibration.ExplicitBracketInterval(lower, upper)
     else:
-        if epsilon(make_event(lowest_sigma), delta=delta, accountant="rdp") <= target_epsilon:
+        if spent(lowest_sigma) <= target_epsilon:
             return lowest_sigma
         bracket = mechanism_calibration.LowerEndpointAndGuess(lowest_sigma, 1.0)
     try:
@@ -171,12 +192,12 @@ def calibrate_noise_multiplier(
             )
     except mechanism_calibration.NoBracketIntervalFoundError:
         raise AccountingError(
-            f"no noise multiplier reaches ε={target_epsilon} at δ={delta} with q={sample_rate} "
-            f"and {steps} steps; raise target_epsilon, or lower the batch size or steps."
+            f"no noise multiplier reaches ε={target_epsilon} at δ={delta} with {what}; "
+            "raise the ε target, or lower the batch size, steps or number of trials."
         ) from None
     # dp_accounting guarantees ε(σ) ≤ target on the grid it searched; PLD searched a coarser
     # grid, so re-check at the reporting grid and nudge σ up until it holds.
-    while epsilon(make_event(sigma), delta=delta, accountant=accountant) > target_epsilon:
+    while spent(sigma) > target_epsilon:
         sigma *= 1.0001
     return float(sigma)
 

@@ -1,0 +1,304 @@
+"""Search-level ε: what it costs to release the model a hyperparameter search selects.
+
+Three modes (../shared/DESIGN.md, "The honest-accounting rules"):
+
+- ``composition``: every trial that ran composes (adaptive searchers, early stopping, or all
+  results released). Always valid.
+- ``random-stopping``: Papernot & Steinke (ICLR 2022, arXiv 2110.03620). The number of trials K
+  is random (Poisson, or truncated negative binomial with shape η: η=1 geometric, η=0
+  logarithmic), the candidates are i.i.d. random-search draws, and only the best is released.
+  RDP accountant only.
+- ``none``: the largest single trial's ε, for analysis; it does *not* cover the search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+
+from accounting.mechanism import (
+    AccountingError,
+    _check_accountant,
+    _check_delta,
+    _quiet_dp_accounting,
+    calibrate_noise,
+    dp_sgd_event,
+    epsilon,
+)
+
+SEARCH_MODES = ("composition", "random-stopping", "none")
+TRIAL_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "negative-binomial")
+
+_COVERS = {
+    "composition": "the whole search: every trial's executed steps, composed",
+    "random-stopping": "the whole search: K random trials (Papernot & Steinke 2022), only the "
+    "best one released",
+    "none": "ONE trial only, NOT the search: analysis only, not a releasable guarantee",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialsDistribution:
+    """The distribution the system draws the number of random-search trials K from."""
+
+    kind: str
+    """poisson, geometric, logarithmic, or negative-binomial (truncated, shape η)."""
+    mean: float
+    """E[K], ≥ 1."""
+    eta: float | None = None
+    """Shape η > 0 of the truncated negative binomial (only for negative-binomial)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRIAL_DISTRIBUTIONS:
+            raise AccountingError(
+                f"unknown trials distribution {self.kind!r}; choose one of: "
+                f"{', '.join(TRIAL_DISTRIBUTIONS)}."
+            )
+        if not (math.isfinite(self.mean) and self.mean >= 1):
+            raise AccountingError(f"the mean number of trials must be ≥ 1 (got {self.mean}).")
+        if self.kind == "negative-binomial":
+            if self.eta is None or not (math.isfinite(self.eta) and self.eta > 0):
+                raise AccountingError(
+                    f"negative-binomial needs --eta > 0 (got {self.eta}); η=1 is the geometric "
+                    "and η→0 the logarithmic distribution."
+                )
+        elif self.eta is not None:
+            raise AccountingError(f"--eta applies to negative-binomial only, not {self.kind}.")
+
+    @property
+    def shape(self) -> float:
+        """dp_accounting's `RepeatAndSelectDpEvent.shape`: ∞ Poisson, 1 geometric, 0 log."""
+        return {"poisson": math.inf, "geometric": 1.0, "logarithmic": 0.0}.get(self.kind, self.eta)
+
+    def sample(self, rng: np.random.Generator) -> int:
+        """Draw K. Poisson may give 0 (then nothing is released, at no privacy cost)."""
+        if self.kind == "poisson":
+            return int(rng.poisson(self.mean))
+        gamma = rdp_lib._gamma_truncated_negative_binomial(self.shape, self.mean)
+        if self.kind == "logarithmic":
+            return int(rng.logseries(1.0 - gamma)) if gamma < 1 else 1
+        # Truncated negative binomial: NB(η, γ) conditioned on K ≥ 1 (rejection is exact).
+        while True:
+            k = int(rng.negative_binomial(self.shape, gamma))
+            if k >= 1:
+                return k
+
+    def describe(self) -> str:
+        shape = f", η={self.eta:g}" if self.kind == "negative-binomial" else ""
+        return f"{self.kind} (mean {self.mean:g}{shape})"
+
+
+@dataclass(frozen=True)
+class SearchEpsilon:
+    """The ε of a search, with what it covers."""
+
+    epsilon: float
+    delta: float
+    mode: str
+    accountant: str
+    num_trials: int
+    max_trial_epsilon: float
+    """The largest single trial's ε (what a report that ignored the search would show)."""
+    covers: str
+    """One sentence on what `epsilon` covers."""
+
+
+def trial_event(parts: Sequence[tuple[float, float, int]]) -> dp_event.DpEvent:
+    """One trial's executed mechanism from its (sample_rate, noise_multiplier, steps) parts.
+
+    A trial normally has one part; retries with changed settings add more. σ = 0 means the
+    trial ran without privacy: its ε is ∞, and so is that of any search containing it.
+    """
+    events = []
+    for sample_rate, noise_multiplier, steps in parts:
+        if steps == 0:
+            continue
+        if noise_multiplier == 0:
+            events.append(dp_event.NonPrivateDpEvent())
+        else:
+            events.append(
+                dp_sgd_event(
+                    sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps
+                )
+            )
+    if not events:
+        return dp_event.NoOpDpEvent()
+    return events[0] if len(events) == 1 else dp_event.ComposedDpEvent(events)
+
+
+def search_epsilon(
+    trials: Sequence[dp_event.DpEvent],
+    *,
+    mode: str,
+    delta: float,
+    accountant: str = "rdp",
+    distribution: TrialsDistribution | None = None,
+) -> SearchEpsilon:
+    """ε at `delta` of releasing the selected model of a search whose trials ran `trials`.
+
+    Args:
+        trials: each trial's executed event (see `trial_event`); stopped and failed trials
+            with the steps they really took.
+        mode: composition, random-stopping, or none.
+        distribution: random-stopping only: the distribution K was drawn from. Pass as
+            `trials` every mechanism a random-search draw could run (the realised trials plus
+            the space's planned worst case), since the theorem needs a bound on all of them.
+    """
+    _check_delta(delta)
+    _check_accountant(accountant)
+    if mode not in SEARCH_MODES:
+        raise AccountingError(
+            f"unknown search accounting {mode!r}; choose one of: {', '.join(SEARCH_MODES)}."
+        )
+    trial_epsilons = [epsilon(event, delta=delta, accountant=accountant) for event in trials]
+    max_trial = max(trial_epsilons, default=0.0)
+    if mode == "none":
+        value = max_trial
+    elif mode == "composition":
+        value = epsilon(dp_event.ComposedDpEvent(list(trials)), delta=delta, accountant=accountant)
+    else:
+        if distribution is None:
+            raise AccountingError(
+                "random-stopping needs the distribution the number of trials was drawn from."
+            )
+        if accountant != "rdp":
+            raise AccountingError(
+                "random-stopping is accounted with RDP only (Papernot & Steinke's theorem is "
+                "stated in RDP); use accountant=rdp."
+            )
+        value = repeat_and_select_epsilon(trials, distribution=distribution, delta=delta)
+    return SearchEpsilon(
+        epsilon=value,
+        delta=delta,
+        mode=mode,
+        accountant=accountant,
+        num_trials=len(trials),
+        max_trial_epsilon=max_trial,
+        covers=_COVERS[mode]
+        + (f"; K ~ {distribution.describe()}" if mode == "random-stopping" else ""),
+    )
+
+
+def repeat_and_select_epsilon(
+    candidates: Sequence[dp_event.DpEvent], *, distribution: TrialsDistribution, delta: float
+) -> float:
+    """ε of running a random number K of candidates and releasing only the best (RDP).
+
+    One candidate mechanism: dp_accounting's `RepeatAndSelectDpEvent`. Several (random search
+    over q, σ or T): the pointwise maximum of their RDP curves bounds the RDP of one random
+    draw — a data-independent mixture of them — and the theorem is applied to that bound.
+    """
+    distinct = list(dict.fromkeys(candidates))
+    if not distinct or all(isinstance(e, dp_event.NoOpDpEvent) for e in distinct):
+        return 0.0
+    if len(distinct) == 1:
+        event = dp_event.RepeatAndSelectDpEvent(distinct[0], distribution.mean, distribution.shape)
+        return epsilon(event, delta=delta, accountant="rdp")
+    orders, rdp = _pointwise_max_rdp(distinct)
+    with _quiet_dp_accounting():
+        selected = rdp_lib._compute_rdp_repeat_and_select(
+            orders, rdp, distribution.mean, distribution.shape
+        )
+        value, _ = rdp_lib.compute_epsilon(orders, selected, delta)
+    return float(value)
+
+
+def _pointwise_max_rdp(events: Sequence[dp_event.DpEvent]) -> tuple[np.ndarray, np.ndarray]:
+    """The RDP curve max_i RDP_i(α) over the accountant's default orders α."""
+    curves = []
+    for event in events:
+        accountant = rdp_lib.RdpAccountant()
+        with _quiet_dp_accounting():
+            accountant.compose(event)
+        # NOTE: RdpAccountant keeps its curve private; these two attributes are the whole state.
+        curves.append(np.asarray(accountant._rdp, dtype=np.float64))
+        orders = np.asarray(accountant._orders, dtype=np.float64)
+    return orders, np.max(np.stack(curves), axis=0)
+
+
+# --- planning -------------------------------------------------------------------------------
+
+
+def plan_noise_multiplier(
+    *,
+    budget_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    mode: str,
+    num_trials: int | None = None,
+    distribution: TrialsDistribution | None = None,
+    accountant: str = "rdp",
+) -> float:
+    """The per-trial σ with which the whole search meets `budget_epsilon` at `delta`.
+
+    composition: `num_trials` trials of (q, T) compose; random-stopping: K ~ `distribution`
+    trials, only the best released; none: one trial meets the budget (not the search).
+    For spaces whose trials differ in q or T, pass the largest of each (the worst case).
+    """
+    if steps < 1 or int(steps) != steps:
+        raise AccountingError(f"steps must be a whole number ≥ 1 (got {steps}).")
+    dp_sgd_event(sample_rate=sample_rate, noise_multiplier=1.0, steps=steps)  # validates q
+
+    def trial(sigma: float) -> dp_event.DpEvent:
+        return dp_sgd_event(sample_rate=sample_rate, noise_multiplier=sigma, steps=steps)
+
+    if mode == "composition":
+        if num_trials is None or num_trials < 1 or int(num_trials) != num_trials:
+            raise AccountingError(f"composition needs a number of trials ≥ 1 (got {num_trials}).")
+        make_event = lambda sigma: dp_event.SelfComposedDpEvent(trial(sigma), int(num_trials))  # noqa: E731
+        what = f"{num_trials} trials of q={sample_rate} and {steps} steps"
+    elif mode == "random-stopping":
+        if distribution is None:
+            raise AccountingError("random-stopping needs the distribution of the number of trials.")
+        if accountant != "rdp":
+            raise AccountingError("random-stopping is accounted with RDP only; use accountant=rdp.")
+        make_event = lambda sigma: dp_event.RepeatAndSelectDpEvent(  # noqa: E731
+            trial(sigma), distribution.mean, distribution.shape
+        )
+        what = f"K ~ {distribution.describe()} trials of q={sample_rate} and {steps} steps"
+    elif mode == "none":
+        make_event, what = trial, f"one trial of q={sample_rate} and {steps} steps"
+    else:
+        raise AccountingError(
+            f"unknown search accounting {mode!r}; choose one of: {', '.join(SEARCH_MODES)}."
+        )
+    return calibrate_noise(
+        make_event, target_epsilon=budget_epsilon, delta=delta, accountant=accountant, what=what
+    )
+
+
+def max_trials(
+    *,
+    budget_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    noise_multiplier: float,
+    steps: int,
+    accountant: str = "rdp",
+) -> int:
+    """How many trials of (q, σ, T) compose within `budget_epsilon` (0: not even one)."""
+    trial = dp_sgd_event(sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps)
+    if not (budget_epsilon > 0 and math.isfinite(budget_epsilon)):
+        raise AccountingError(f"the ε budget must be a positive number (got {budget_epsilon}).")
+
+    def fits(k: int) -> bool:
+        event = dp_event.SelfComposedDpEvent(trial, k)
+        return epsilon(event, delta=delta, accountant=accountant) <= budget_epsilon
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2  # fits(low), and we look for the first high that does not fit
+    while fits(high):
+        low, high = high, high * 2
+        if high > 1_000_000:
+            return low  # more trials than anyone runs; avoids an endless search at tiny q
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low

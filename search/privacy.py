@@ -1,0 +1,222 @@
+"""`python search/privacy.py`: plan the privacy of a search, or audit a recorded one.
+
+Examples:
+    # ε of one trial (q, σ, T):
+    python search/privacy.py --sample-rate 0.0341 --noise-multiplier 2.15 --steps 1172 --delta 1e-5
+    # σ so that a random search with K ~ Poisson(10), best one released, spends ε ≤ 8 in total:
+    python search/privacy.py --sample-rate 0.08192 --steps 875 --delta 1e-5 --target-epsilon 8 \\
+        --trials-mean 10 --trials-distribution poisson
+    # how many composed trials of σ=1.1 fit in ε = 8:
+    python search/privacy.py --sample-rate 0.01 --noise-multiplier 1.1 --steps 3000 \\
+        --delta 1e-5 --target-epsilon 8
+    # ε of a search recorded in an experiment directory:
+    python search/privacy.py --ledger runs/my_search --delta 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import accounting
+from accounting.ledger import PrivacyLedger, latest_status
+from accounting.search import (
+    SEARCH_MODES,
+    TRIAL_DISTRIBUTIONS,
+    TrialsDistribution,
+    max_trials,
+    plan_noise_multiplier,
+    search_epsilon,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python search/privacy.py",
+        description="Plan the privacy cost of a DP hyperparameter search, or compute the ε of "
+        "one recorded in a privacy ledger. ε is always an upper bound (RDP or PLD, via "
+        "dp_accounting), never rounded down.",
+        epilog="Modes: a trial distribution (--trials-mean/--trials-distribution) means random "
+        "stopping (Papernot & Steinke 2022: K random trials, only the best released); "
+        "--num-trials K means K trials composed (adaptive search, or every result released); "
+        "neither means one trial.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mech = parser.add_argument_group("one trial's mechanism (DP-SGD, Poisson sampling)")
+    mech.add_argument("--sample-rate", type=float, metavar="Q", help="q = B / N, in (0, 1]")
+    mech.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (absent: calibrate)")
+    mech.add_argument("--steps", type=int, metavar="T", help="noisy steps per trial")
+    parser.add_argument("--delta", type=float, required=True, metavar="D", help="δ, e.g. 1e-5")
+    parser.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default="rdp")
+    parser.add_argument(
+        "--target-epsilon",
+        type=float,
+        metavar="E",
+        help="ε budget: calibrates σ when --noise-multiplier is absent (for the whole search "
+        "when a search is described); with σ given and no distribution, reports how many "
+        "composed trials fit",
+    )
+    search = parser.add_argument_group("the search")
+    search.add_argument("--num-trials", type=int, metavar="K", help="K trials, composed")
+    search.add_argument("--trials-mean", type=float, metavar="M", help="E[K] for random stopping")
+    search.add_argument("--trials-distribution", choices=TRIAL_DISTRIBUTIONS, metavar="DIST",
+                        help=f"distribution of K: {', '.join(TRIAL_DISTRIBUTIONS)}")  # fmt: skip
+    search.add_argument("--eta", type=float, help="shape η of the negative-binomial")
+    search.add_argument("--ledger", metavar="PATH", help="experiment dir or privacy_ledger.jsonl")
+    search.add_argument(
+        "--search-accounting",
+        choices=SEARCH_MODES,
+        help="with --ledger: how the recorded trials combine (default composition, or "
+        "random-stopping when a distribution is given)",
+    )
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result, lines = _ledger(args) if args.ledger else _plan(args)
+    except accounting.AccountingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    if args.json:
+        print(json.dumps({k: (None if _inf(v) else v) for k, v in result.items()}))
+    return 0
+
+
+def _inf(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _distribution(args) -> TrialsDistribution | None:
+    if args.trials_distribution is None and args.trials_mean is None:
+        if args.eta is not None:
+            raise accounting.AccountingError("--eta needs --trials-distribution negative-binomial.")
+        return None
+    if args.trials_distribution is None or args.trials_mean is None:
+        raise accounting.AccountingError(
+            "random stopping needs both --trials-mean and --trials-distribution."
+        )
+    if args.num_trials is not None:
+        raise accounting.AccountingError(
+            "give either --num-trials (composition) or a trial distribution (random stopping)."
+        )
+    return TrialsDistribution(kind=args.trials_distribution, mean=args.trials_mean, eta=args.eta)
+
+
+def _eps(value: float) -> str:
+    return "∞" if _inf(value) else f"{accounting.round_up(value, 4):g}"
+
+
+def _plan(args) -> tuple[dict, list[str]]:
+    missing = [
+        flag
+        for flag, value in (("--sample-rate", args.sample_rate), ("--steps", args.steps))
+        if value is None
+    ]
+    if missing:
+        raise accounting.AccountingError(
+            f"give {' and '.join(missing)} (or --ledger PATH for a recorded search)."
+        )
+    if args.noise_multiplier is None and args.target_epsilon is None:
+        raise accounting.AccountingError(
+            "give --noise-multiplier, or --target-epsilon to calibrate it."
+        )
+    distribution = _distribution(args)
+    if args.num_trials is not None and args.num_trials < 1:
+        raise accounting.AccountingError(f"--num-trials must be ≥ 1 (got {args.num_trials}).")
+    mode = "random-stopping" if distribution else "composition" if args.num_trials else "none"
+    q, steps, delta = args.sample_rate, args.steps, args.delta
+    calibrated = args.noise_multiplier is None
+    sigma = args.noise_multiplier
+    if calibrated:
+        sigma = plan_noise_multiplier(
+            budget_epsilon=args.target_epsilon, delta=delta, sample_rate=q, steps=steps,
+            mode=mode, num_trials=args.num_trials, distribution=distribution,
+            accountant=args.accountant,
+        )  # fmt: skip
+    trial = accounting.dp_sgd_event(sample_rate=q, noise_multiplier=sigma, steps=steps)
+    trial_eps = accounting.epsilon(trial, delta=delta, accountant=args.accountant)
+    result = {
+        "trial_epsilon": trial_eps,
+        "noise_multiplier": sigma,
+        "calibrated": calibrated,
+        "delta": delta,
+        "accountant": args.accountant,
+        "mode": mode,
+    }
+    lines = [
+        f"one trial (q={q:g}, σ={sigma:.6g}{' calibrated' if calibrated else ''}, T={steps}): "
+        f"ε = {_eps(trial_eps)} at δ={delta:g} ({args.accountant.upper()})"
+    ]
+    if mode == "none":
+        result["epsilon"] = trial_eps
+        lines.append("this is ONE run; a search over several runs costs more (see --help).")
+        if not calibrated and args.target_epsilon is not None:
+            fit = max_trials(
+                budget_epsilon=args.target_epsilon, delta=delta, sample_rate=q,
+                noise_multiplier=sigma, steps=steps, accountant=args.accountant,
+            )  # fmt: skip
+            result["max_trials"] = fit
+            lines.append(
+                f"a budget of ε={args.target_epsilon:g} allows {fit} such trials, composed."
+            )
+    else:
+        events = [trial] * (args.num_trials or 1)
+        search = search_epsilon(
+            events, mode=mode, delta=delta, accountant=args.accountant, distribution=distribution
+        )
+        result.update(epsilon=search.epsilon, covers=search.covers)
+        if distribution:
+            result.update(trials_distribution=distribution.kind, trials_mean=distribution.mean)
+        else:
+            result["num_trials"] = args.num_trials
+        lines.append(
+            f"the search: ε = {_eps(search.epsilon)} at δ={delta:g}, covering {search.covers}."
+        )
+    return result, lines
+
+
+def _ledger(args) -> tuple[dict, list[str]]:
+    ledger = PrivacyLedger(args.ledger)
+    if not ledger.path.exists():
+        raise accounting.AccountingError(
+            f"no privacy ledger at {ledger.path}; pass an experiment directory or the "
+            "privacy_ledger.jsonl file itself."
+        )
+    records = ledger.records()
+    events = ledger.trial_events()
+    distribution = _distribution(args)
+    mode = args.search_accounting or ("random-stopping" if distribution else "composition")
+    search = search_epsilon(
+        list(events.values()), mode=mode, delta=args.delta, accountant=args.accountant,
+        distribution=distribution,
+    )  # fmt: skip
+    statuses = latest_status(records)
+    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    result = {
+        "epsilon": search.epsilon,
+        "trial_epsilon": search.max_trial_epsilon,
+        "delta": args.delta,
+        "accountant": args.accountant,
+        "mode": mode,
+        "covers": search.covers,
+        "num_trials": search.num_trials,
+        "trial_status": counts,
+    }
+    lines = [
+        f"{ledger.path}: {search.num_trials} trials ("
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f"), largest single-trial ε = {_eps(search.max_trial_epsilon)}",
+        f"the search: ε = {_eps(search.epsilon)} at δ={args.delta:g}, covering {search.covers}.",
+    ]
+    return result, lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
