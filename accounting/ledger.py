@@ -87,7 +87,7 @@ class PrivacyLedger:
     def append(self, record: LedgerRecord) -> None:
         """Append one line and fsync it before returning (a crash loses at most this line)."""
         line = (json.dumps(asdict(record), sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # One write under an exclusive lock: concurrent writers never interleave lines,
             # even over network filesystems where O_APPEND alone is not atomic.

@@ -193,7 +193,10 @@ def repeat_and_select_epsilon(
     over q, σ or T): the pointwise maximum of their RDP curves bounds the RDP of one random
     draw — a data-independent mixture of them — and the theorem is applied to that bound.
     """
-    distinct = list(dict.fromkeys(candidates))
+    distinct: list[dp_event.DpEvent] = []
+    for event in candidates:  # equality, not hashing: composed events hold lists
+        if event not in distinct:
+            distinct.append(event)
     if not distinct or all(isinstance(e, dp_event.NoOpDpEvent) for e in distinct):
         return 0.0
     if len(distinct) == 1:

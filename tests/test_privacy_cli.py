@@ -1,0 +1,150 @@
+"""`python search/privacy.py`: planning and auditing from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from accounting import dp_sgd_event, epsilon
+from accounting.ledger import LedgerRecord, PrivacyLedger
+
+from .test_cli import assert_one_sentence_error, run
+
+DE_ET_AL = ["--sample-rate", str(4096 / 50_000), "--steps", "875", "--delta", "1e-5"]
+
+
+def last_json(result):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_one_trial_epsilon_matches_the_published_vector():
+    result = run("search/privacy.py", *DE_ET_AL, "--noise-multiplier", "10", "--json")
+    data = last_json(result)
+    assert data["epsilon"] == pytest.approx(0.988, abs=5e-4)
+    assert data["trial_epsilon"] == data["epsilon"] and data["calibrated"] is False
+    assert "ONE run" in result.stdout
+
+
+def test_pld_accountant_from_the_command_line():
+    data = last_json(
+        run(
+            "search/privacy.py",
+            *DE_ET_AL,
+            "--noise-multiplier",
+            "10",
+            "--accountant",
+            "pld",
+            "--json",
+        )
+    )
+    assert data["epsilon"] == pytest.approx(0.903, abs=5e-4)
+
+
+def test_calibrates_sigma_for_a_random_stopping_search_budget():
+    result = run(
+        "search/privacy.py", *DE_ET_AL, "--target-epsilon", "8", "--trials-mean", "10",
+        "--trials-distribution", "poisson", "--json",
+    )  # fmt: skip
+    data = last_json(result)
+    assert data["calibrated"] is True and data["mode"] == "random-stopping"
+    assert 7.92 <= data["epsilon"] <= 8.0
+    assert data["trial_epsilon"] < data["epsilon"]
+    assert "only the best one released" in result.stdout
+
+
+def test_negative_binomial_needs_and_uses_eta():
+    base = [*DE_ET_AL, "--noise-multiplier", "3", "--trials-mean", "5"]
+    data = last_json(
+        run(
+            "search/privacy.py",
+            *base,
+            "--trials-distribution",
+            "negative-binomial",
+            "--eta",
+            "0.5",
+            "--json",
+        )
+    )
+    assert data["epsilon"] > data["trial_epsilon"]
+    assert_one_sentence_error(
+        run("search/privacy.py", *base, "--trials-distribution", "negative-binomial"), "--eta"
+    )
+
+
+def test_composition_and_how_many_trials_fit():
+    data = last_json(
+        run(
+            "search/privacy.py",
+            *DE_ET_AL,
+            "--noise-multiplier",
+            "10",
+            "--num-trials",
+            "4",
+            "--json",
+        )
+    )
+    assert data["mode"] == "composition" and data["epsilon"] > data["trial_epsilon"]
+    fit = last_json(
+        run(
+            "search/privacy.py",
+            *DE_ET_AL,
+            "--noise-multiplier",
+            "10",
+            "--target-epsilon",
+            "3",
+            "--json",
+        )
+    )
+    assert fit["max_trials"] >= 2
+
+
+def test_epsilon_of_a_recorded_search(tmp_path):
+    ledger = PrivacyLedger(tmp_path)
+    for trial, steps, status in (("a", 100, "completed"), ("b", 40, "stopped")):
+        ledger.append(
+            LedgerRecord(trial_id=trial, attempt="x", sample_rate=0.01, noise_multiplier=1.0,
+                         steps=steps, status=status)
+        )  # fmt: skip
+    result = run("search/privacy.py", "--ledger", str(tmp_path), "--delta", "1e-5", "--json")
+    data = last_json(result)
+    expected_trial = epsilon(
+        dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=100), delta=1e-5
+    )
+    assert data["trial_epsilon"] == pytest.approx(expected_trial)
+    assert data["epsilon"] > expected_trial and data["num_trials"] == 2
+    assert data["trial_status"] == {"completed": 1, "stopped": 1}
+    assert "1 stopped" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--sample-rate", "1.5", "--steps", "10", "--noise-multiplier", "1"], "sample_rate"),
+        (["--sample-rate", "0", "--steps", "10", "--noise-multiplier", "1"], "sample_rate"),
+        (["--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "0"], "noise_multiplier"),
+        (["--sample-rate", "0.1", "--steps", "-3", "--noise-multiplier", "1"], "steps"),
+        (["--sample-rate", "0.1", "--steps", "10"], "--target-epsilon"),
+        (["--steps", "10", "--noise-multiplier", "1"], "--sample-rate"),
+        (["--sample-rate", "0.1", "--steps", "10", "--target-epsilon", "-2"], "target_epsilon"),
+        (["--ledger", "/nonexistent/dir"], "no privacy ledger"),
+    ],
+)
+def test_bad_input_is_one_sentence(args, fragment):
+    assert_one_sentence_error(run("search/privacy.py", *args, "--delta", "1e-5"), fragment)
+
+
+@pytest.mark.parametrize("delta", ["0", "1", "2"])
+def test_impossible_delta_is_one_sentence(delta):
+    result = run(
+        "search/privacy.py", "--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "1",
+        "--delta", delta,
+    )  # fmt: skip
+    assert_one_sentence_error(result, "delta")
+
+
+def test_unknown_distribution_is_refused():
+    result = run("search/privacy.py", *DE_ET_AL, "--noise-multiplier", "1", "--trials-mean", "3",
+                 "--trials-distribution", "uniform")  # fmt: skip
+    assert result.returncode == 2 and "invalid choice" in result.stderr
