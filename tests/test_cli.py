@@ -124,6 +124,10 @@ def test_trainer_writes_metrics_on_synthetic_data(tmp_path):
     assert metrics["config"]["learning_rate"] == 4.0  # the space's default
     assert "epoch 1/1" in result.stderr  # progress is shown
     assert "test accuracy" in result.stdout
+    # The trial's ledger gives back the trial's ε.
+    audit = run("search/privacy.py", "--ledger", str(tmp_path), "--delta", "1e-4", "--json")
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout.splitlines()[-1])["trial_epsilon"] == metrics["epsilon"]
 
 
 @needs_fashion_mnist

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         config = make_config({**space.default_config(), **parse_overrides(args.overrides)})
         out_dir = _prepare_out_dir(args.out)
         history: list[dict[str, Any]] = []
-        final = train(config, history.append)
+        final = train(config, _LedgerReport(out_dir, history))
     except (spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -81,6 +82,29 @@ def main(argv: list[str] | None = None) -> int:
         f"{final['steps']} steps) → {path}"
     )
     return 0
+
+
+class _LedgerReport:
+    """Keeps each epoch's metrics and appends the executed mechanism to DIR's privacy ledger
+    as the trial runs, so `python search/privacy.py --ledger DIR` can audit it."""
+
+    def __init__(self, out_dir: Path, history: list[dict[str, Any]]) -> None:
+        self.ledger = accounting.PrivacyLedger(out_dir / accounting.LEDGER_FILENAME)
+        self.attempt = uuid.uuid4().hex[:12]
+        self.history = history
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
+        self.ledger.append(
+            accounting.LedgerRecord(
+                trial_id="single",
+                attempt=self.attempt,
+                sample_rate=metrics["sample_rate"],
+                noise_multiplier=metrics["noise_multiplier"],
+                steps=metrics["steps"],
+                status="completed" if metrics["done"] else "running",
+            )
+        )
 
 
 def _prepare_out_dir(path: Path) -> Path:
