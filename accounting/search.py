@@ -7,7 +7,7 @@ Three modes (../shared/DESIGN.md, "The honest-accounting rules"):
 - ``random-stopping``: Papernot & Steinke (ICLR 2022, arXiv 2110.03620). The number of trials K
   is random (Poisson, or truncated negative binomial with shape η: η=1 geometric, η=0
   logarithmic), the candidates are i.i.d. random-search draws, and only the best is released.
-  RDP accountant only.
+  Accounted with RDP (PLD cannot express it).
 - ``none``: the largest single trial's ε, for analysis; it does *not* cover the search.
 """
 
@@ -155,6 +155,11 @@ def search_epsilon(
         raise AccountingError(
             f"unknown search accounting {mode!r}; choose one of: {', '.join(SEARCH_MODES)}."
         )
+    if mode == "random-stopping":
+        # NOTE: Papernot & Steinke's theorem is stated in RDP and PLD cannot express the event,
+        # so random stopping is accounted with RDP whatever was asked; `accountant` in the
+        # result says which was used.
+        accountant = "rdp"
     trial_epsilons = [epsilon(event, delta=delta, accountant=accountant) for event in trials]
     max_trial = max(trial_epsilons, default=0.0)
     if mode == "none":
@@ -165,11 +170,6 @@ def search_epsilon(
         if distribution is None:
             raise AccountingError(
                 "random-stopping needs the distribution the number of trials was drawn from."
-            )
-        if accountant != "rdp":
-            raise AccountingError(
-                "random-stopping is accounted with RDP only (Papernot & Steinke's theorem is "
-                "stated in RDP); use accountant=rdp."
             )
         value = repeat_and_select_epsilon(trials, distribution=distribution, delta=delta)
     return SearchEpsilon(
@@ -259,8 +259,7 @@ def plan_noise_multiplier(
     elif mode == "random-stopping":
         if distribution is None:
             raise AccountingError("random-stopping needs the distribution of the number of trials.")
-        if accountant != "rdp":
-            raise AccountingError("random-stopping is accounted with RDP only; use accountant=rdp.")
+        accountant = "rdp"  # PLD cannot express RepeatAndSelect (see search_epsilon)
         make_event = lambda sigma: dp_event.RepeatAndSelectDpEvent(  # noqa: E731
             trial(sigma), distribution.mean, distribution.shape
         )

@@ -171,7 +171,9 @@ def _plan(args) -> tuple[dict, list[str]]:
         search = search_epsilon(
             events, mode=mode, delta=delta, accountant=args.accountant, distribution=distribution
         )
-        result.update(epsilon=search.epsilon, covers=search.covers)
+        result.update(
+            epsilon=search.epsilon, covers=search.covers, search_accountant=search.accountant
+        )
         if distribution:
             result.update(trials_distribution=distribution.kind, trials_mean=distribution.mean)
         else:
@@ -203,7 +205,7 @@ def _ledger(args) -> tuple[dict, list[str]]:
         "epsilon": search.epsilon,
         "trial_epsilon": search.max_trial_epsilon,
         "delta": args.delta,
-        "accountant": args.accountant,
+        "accountant": search.accountant,
         "mode": mode,
         "covers": search.covers,
         "num_trials": search.num_trials,
@@ -213,7 +215,8 @@ def _ledger(args) -> tuple[dict, list[str]]:
         f"{ledger.path}: {search.num_trials} trials ("
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"), largest single-trial ε = {_eps(search.max_trial_epsilon)}",
-        f"the search: ε = {_eps(search.epsilon)} at δ={args.delta:g}, covering {search.covers}.",
+        f"the search: ε = {_eps(search.epsilon)} at δ={args.delta:g} "
+        f"({search.accountant.upper()}), covering {search.covers}.",
     ]
     return result, lines
 

@@ -201,6 +201,16 @@ def test_search_epsilon_is_never_below_a_trial_epsilon(q, sigma, steps, mean, k,
     assert stopped.epsilon >= single * (1 - 1e-9)
 
 
+def test_random_stopping_asked_with_pld_is_accounted_with_rdp_and_says_so():
+    trial = dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=500)
+    distribution = TrialsDistribution(kind="poisson", mean=4)
+    asked_pld = search_epsilon(
+        [trial], mode="random-stopping", delta=1e-5, accountant="pld", distribution=distribution
+    )
+    rdp = search_epsilon([trial], mode="random-stopping", delta=1e-5, distribution=distribution)
+    assert asked_pld == rdp and asked_pld.accountant == "rdp"
+
+
 def test_random_stopping_is_cheaper_than_composing_as_many_trials():
     trial = dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=1000)
     distribution = TrialsDistribution(kind="geometric", mean=20)
@@ -266,13 +276,6 @@ def test_max_trials_is_the_largest_count_within_budget():
         (
             lambda: search_epsilon([], mode="random-stopping", delta=1e-5),
             "needs the distribution",
-        ),
-        (
-            lambda: search_epsilon(
-                [], mode="random-stopping", delta=1e-5, accountant="pld",
-                distribution=TrialsDistribution(kind="poisson", mean=2),
-            ),
-            "RDP only",
         ),
         (lambda: dp_sgd_event(sample_rate=0.1, noise_multiplier=1.0, steps=-1), "steps"),
         (lambda: plan_noise_multiplier(
