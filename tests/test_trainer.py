@@ -201,3 +201,29 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
         next(v for v in fresh.state_dict().values() if v.dim() == 4),
         next(iter(convs.values())),
     )
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_resuming_from_a_saved_state_reproduces_the_uninterrupted_run(private, tmp_path):
+    config = make_config(tiny(epochs=3, private=private, learning_rate=0.1 if not private else 0.5))
+    uninterrupted = train(config)
+
+    states = []
+    reports = []
+
+    def crash_after_first_epoch(metrics):
+        reports.append(metrics)
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt  # the process dies after checkpointing epoch 1
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, crash_after_first_epoch, save_state=states.append)
+    # The state goes through torch.save / torch.load(weights_only=True), as checkpoints do.
+    torch.save(states[-1], tmp_path / "state.pt")
+    restored = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed_reports = []
+    resumed = train(config, resumed_reports.append, state=restored)
+    assert [r["epoch"] for r in resumed_reports] == [2, 3]
+    assert resumed_reports[0]["start_steps"] == reports[0]["steps"]
+    for key in ("steps", "epsilon", "val_loss", "test_loss", "test_accuracy"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key

@@ -37,12 +37,25 @@ Report = Callable[[dict[str, Any]], None]
 _PROGRESS_EVERY_S = 10.0
 
 
-def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    report: Report | None = None,
+    *,
+    state: dict[str, Any] | None = None,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run one trial; call `report` after every epoch; return the final metrics.
 
     Every report holds the validation metrics, the steps done and the mechanism executed so far
-    (`sample_rate`, `noise_multiplier`, `steps`) with its `epsilon` at `delta`. The last report
-    (`done=True`) adds the test metrics; it is also the return value.
+    (`sample_rate`, `noise_multiplier`, `steps`, and `start_steps`: the steps restored from
+    `state`) with its `epsilon` at `delta`. The last report (`done=True`) adds the test
+    metrics; it is also the return value.
+
+    Args:
+        state: a dict an earlier run passed to `save_state`: training resumes after its epoch
+            with the same model, optimizer, sampler and noise generator states.
+        save_state: called with the trial's state after every epoch, before `report` (a
+            checkpoint: the Ray wrapper stores it so a restarted trial resumes).
     """
     report = report or (lambda metrics: None)
     device = _device(config)
@@ -93,10 +106,21 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
         config.max_grad_norm, config.epochs, steps_per_epoch, device,
     )  # fmt: skip
 
-    steps = 0
+    steps, first_epoch = 0, 1
+    if state is not None:
+        if state["noise_multiplier"] != noise_multiplier or state["sample_rate"] != sample_rate:
+            raise TrainerError(
+                "the checkpoint was written by a trial with another sampling rate or noise "
+                "multiplier; start the trial afresh instead of resuming it."
+            )
+        step_fn.load_state_dict(state["step"])
+        torch.set_rng_state(state["torch_rng"])  # dropout, drop-path
+        steps, first_epoch = state["steps"], state["epoch"] + 1
+        log.info("resumed after epoch %d (%d steps)", state["epoch"], steps)
+    start_steps = steps
     started = time.monotonic()
     metrics: dict[str, Any] = {}
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         last_log = time.monotonic()
         train_loss, train_seen = 0.0, 0
@@ -113,6 +137,7 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
             "steps": steps,
             "train_loss": train_loss / max(train_seen, 1),
             **_mechanism(config, sample_rate, noise_multiplier, steps),
+            "start_steps": start_steps,
             "n_train": n_train,
             "time_s": time.monotonic() - started,
             "done": epoch == config.epochs,
@@ -139,6 +164,17 @@ def train(config: TrainConfig, report: Report | None = None) -> dict[str, Any]:
             _fmt(metrics.get("val_accuracy")),
             f", test acc {_fmt(metrics['test_accuracy'])}" if "test_accuracy" in metrics else "",
         )  # fmt: skip
+        if save_state is not None:
+            save_state(
+                {
+                    "epoch": epoch,
+                    "steps": steps,
+                    "sample_rate": sample_rate,
+                    "noise_multiplier": noise_multiplier,
+                    "step": step_fn.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                }
+            )
         report(metrics)
     step_fn.close()
     return metrics
@@ -202,10 +238,9 @@ class _DpStep:
     def __init__(self, *, model, optimizer, dataset, config, noise_multiplier, device) -> None:
         from opacus import PrivacyEngine
 
+        self.sampling_generator = torch.Generator().manual_seed(config.seed + 1)
         loader = DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            generator=torch.Generator().manual_seed(config.seed + 1),
+            dataset, batch_size=config.batch_size, generator=self.sampling_generator
         )
         with warnings.catch_warnings():
             # Seeded (reproducible) noise from torch's PRNG rather than a CSPRNG: said once here
@@ -213,7 +248,7 @@ class _DpStep:
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(secure_mode=False)
         log.info("DP noise from torch's seeded PRNG (reproducible, not cryptographically secure)")
-        noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
         self.model, self.optimizer, self.loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -221,9 +256,23 @@ class _DpStep:
             noise_multiplier=noise_multiplier,
             max_grad_norm=config.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=noise_generator,
+            noise_generator=self.noise_generator,
         )
         self.max_physical_batch_size = config.max_physical_batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.original_optimizer.state_dict(),
+            "sampling_generator": self.sampling_generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.original_optimizer.load_state_dict(state["optimizer"])
+        self.sampling_generator.set_state(state["sampling_generator"])
+        self.noise_generator.set_state(state["noise_generator"])
 
     def batches(self):
         from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -254,13 +303,23 @@ class _NonPrivateStep:
 
     def __init__(self, *, model, optimizer, dataset, config) -> None:
         self.model, self.optimizer = model, optimizer
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
         self.loader = DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(config.seed + 1),
+            dataset, batch_size=config.batch_size, shuffle=True, generator=self.shuffle_generator
         )
         self.physical = config.max_physical_batch_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
 
     def batches(self):
         yield from self.loader
