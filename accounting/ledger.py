@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,8 @@ class LedgerRecord:
     """Steps restored from a checkpoint when this attempt began."""
     status: str = "running"
     """One of STATUSES."""
+    planned_steps: int | None = None
+    """Steps the trial will take if it runs to the end (reserved while it is running)."""
     time: float = field(default_factory=time.time)
     """Unix time of the record."""
 
@@ -86,7 +88,6 @@ class PrivacyLedger:
 
     def append(self, record: LedgerRecord) -> None:
         """Append one line and fsync it before returning (a crash loses at most this line)."""
-        line = (json.dumps(asdict(record), sort_keys=True) + "\n").encode()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # One write under an exclusive lock: concurrent writers never interleave lines,
@@ -94,10 +95,27 @@ class PrivacyLedger:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 _repair_torn_tail(fd)
-                written = os.write(fd, line)
-                if written != len(line):
-                    raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
-                os.fsync(fd)
+                _write_line(fd, record, self.path)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def reserve(self, record: LedgerRecord, fits: Callable[[list[LedgerRecord]], bool]) -> bool:
+        """Append `record` only if `fits(existing records + [record])`, atomically.
+
+        Check and append happen under the ledger's lock, so concurrent trials cannot both
+        pass a budget check that only one of them fits in.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if not fits([*read_ledger(self.path), record]):
+                    return False
+                _repair_torn_tail(fd)
+                _write_line(fd, record, self.path)
+                return True
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -108,6 +126,14 @@ class PrivacyLedger:
 
     def trial_events(self) -> dict[str, dp_event.DpEvent]:
         return executed_events(self.records())
+
+
+def _write_line(fd: int, record: LedgerRecord, path: Path) -> None:
+    line = (json.dumps(asdict(record), sort_keys=True) + "\n").encode()
+    written = os.write(fd, line)
+    if written != len(line):
+        raise OSError(f"short write to {path} ({written} of {len(line)} bytes)")
+    os.fsync(fd)
 
 
 def _repair_torn_tail(fd: int) -> None:
@@ -183,6 +209,30 @@ def executed_events(records: Iterable[LedgerRecord]) -> dict[str, dp_event.DpEve
         trial_id: trial_event([(q, sigma, n) for (q, sigma), n in sorted(parts.items())])
         for trial_id, parts in sorted(steps.items())
     }
+
+
+def reserved_events(records: Iterable[LedgerRecord]) -> dict[str, dp_event.DpEvent]:
+    """Each trial's executed mechanism plus, while it is running, the steps it still plans.
+
+    What a budget check must count: a running trial may still spend its remaining steps.
+    """
+    records = list(records)
+    latest: dict[str, LedgerRecord] = {}
+    for record in records:  # the trial's most recent record (newest attempt)
+        if record.trial_id not in latest or record.time >= latest[record.trial_id].time:
+            latest[record.trial_id] = record
+    remaining = [
+        LedgerRecord(
+            trial_id=r.trial_id,
+            attempt="(reserved)",
+            sample_rate=r.sample_rate,
+            noise_multiplier=r.noise_multiplier,
+            steps=r.planned_steps - r.steps,
+        )  # fmt: skip
+        for r in latest.values()
+        if r.status == "running" and r.planned_steps is not None and r.planned_steps > r.steps
+    ]
+    return executed_events([*records, *remaining])
 
 
 def latest_status(records: Iterable[LedgerRecord]) -> dict[str, str]:

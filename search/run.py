@@ -1,16 +1,25 @@
 """`python search/run.py --space NAME`: a differentially private hyperparameter search.
 
-Today this answers `--help` and `--list-spaces`; the Ray Tune search that runs the trials (and
-accounts for the privacy cost of the search itself) is the next piece of work. Until then run
-one trial of a space with `python -m trainers --space NAME --out DIR`.
+Ray Tune schedules Opacus DP-SGD trials of a registered search space on the Ray cluster that
+is there (an embedded local one by default), writes every executed step to the experiment's
+privacy ledger, and ends with the search ε, the released model and a Pareto table.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
-import spaces
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import accounting  # noqa: E402
+import spaces  # noqa: E402
+from trainers import TrainerError, parse_overrides  # noqa: E402
+
+DASHBOARD_PORT = 8265
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,17 +27,105 @@ def _parser() -> argparse.ArgumentParser:
         prog="python search/run.py",
         description="Differentially private hyperparameter search: Ray Tune schedules Opacus "
         "DP-SGD trials of a registered search space and accounts for the privacy cost of the "
-        "whole search.",
-        epilog="Spaces: python search/run.py --list-spaces. "
-        "One trial without Ray: python -m trainers --space NAME --out DIR.",
+        "whole search (not just of each trial).",
+        epilog="Examples:\n"
+        "  python search/run.py --space fmnist_quick\n"
+        "  python search/run.py --space fmnist_quick --target-epsilon 8 --num-samples 6\n"
+        "  python search/run.py --space fmnist_quick --target-epsilon 8 --num-samples 6 "
+        "--search-accounting random-stopping\n"
+        "  python search/run.py --name my_search --resume\n"
+        "Plan a budget first: python search/privacy.py --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--space", metavar="NAME", help="the search space (see --list-spaces)")
+    parser.add_argument("--list-spaces", action="store_true", help="list spaces and exit")
     parser.add_argument(
-        "--space",
-        metavar="NAME",
-        help="the search space to run (a module in spaces/, e.g. fmnist_quick or nfnet_cifar)",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a setting for every trial (repeatable)",
     )
-    parser.add_argument(
-        "--list-spaces", action="store_true", help="print each space's name and description"
+    privacy = parser.add_argument_group("privacy of the search")
+    privacy.add_argument(
+        "--target-epsilon",
+        type=float,
+        metavar="E",
+        help="ε budget of the WHOLE search: per-trial σ is planned to meet it "
+        "(default: no budget; each trial spends its own target_epsilon and "
+        "the search ε is reported)",
+    )
+    privacy.add_argument("--delta", type=float, help="δ for every trial (default: the space's)")
+    privacy.add_argument(
+        "--search-accounting",
+        default="composition",
+        choices=accounting.SEARCH_MODES,
+        help="composition: all trials compose (any searcher, ASHA); "
+        "random-stopping: the system draws K, random search, only the best "
+        "released (Papernot & Steinke 2022); none: analysis only, does NOT "
+        "cover the search (default: composition)",
+    )
+    privacy.add_argument(
+        "--trials-distribution",
+        default="poisson",
+        choices=accounting.TRIAL_DISTRIBUTIONS,
+        help="random-stopping: distribution of K (mean --num-samples)",
+    )
+    privacy.add_argument("--eta", type=float, help="shape η of the negative-binomial")
+    search = parser.add_argument_group("the search")
+    search.add_argument(
+        "--num-samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="trials (random-stopping: the MEAN number of trials; the system "
+        "draws the actual K) (default: 8)",
+    )
+    search.add_argument(
+        "--searcher",
+        choices=("optuna", "random"),
+        help="optuna (TPE; multi-objective when the space varies ε) or random "
+        "(default: optuna; random for random-stopping)",
+    )
+    search.add_argument(
+        "--scheduler",
+        choices=("fifo", "asha"),
+        default="fifo",
+        help="asha stops weak trials early (their executed steps still count)",
+    )
+    search.add_argument("--seed", type=int, default=0, help="seeds the searcher and the K draw")
+    resources = parser.add_argument_group("resources and cluster")
+    resources.add_argument("--cpus-per-trial", type=float, default=1.0)
+    resources.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.5"
+    )
+    resources.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=0,
+        help="at most this many trials at once (0: as resources allow)",
+    )
+    resources.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a crashed trial, from its last checkpoint",
+    )
+    resources.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
+    resources.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    resources.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="local Ray's dashboard address (default 127.0.0.1: this machine only)",
+    )
+    storage = parser.add_argument_group("experiment directory (STORAGE_PATH/NAME)")
+    storage.add_argument("--storage-path", type=Path, default=Path("runs"), metavar="DIR")
+    storage.add_argument("--name", help="default: SPACE-YYYYmmdd-HHMMSS")
+    storage.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted experiment STORAGE_PATH/NAME",
     )
     return parser
 
@@ -42,21 +139,137 @@ def main(argv: list[str] | None = None) -> int:
         for space in registered:
             print(f"{space.name:<{width}}  {space.description}")
         return 0
-    if not args.space:
-        parser.print_usage(sys.stderr)
-        print("error: choose a space with --space NAME (see --list-spaces).", file=sys.stderr)
-        return 2
+    from search.plan import SearchError
+
     try:
-        spaces.get_space(args.space)
-    except spaces.SpaceError as error:
+        return _run(args)
+    except (SearchError, spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"error: the Ray search is not built yet; run one trial of {args.space} with "
-        f"`python -m trainers --space {args.space} --out runs/{args.space}`.",
-        file=sys.stderr,
+
+
+def _run(args) -> int:
+    from search.plan import SearchError, SearchPlan, make_plan
+
+    if args.resume:
+        if not args.name:
+            raise SearchError("--resume needs --name (and --storage-path) of the experiment.")
+        experiment_dir = (args.storage_path / args.name).resolve()
+        plan = SearchPlan.load(experiment_dir)
+    else:
+        if not args.space:
+            raise SearchError("choose a space with --space NAME (see --list-spaces).")
+        if args.num_samples < 1:
+            raise SearchError(f"--num-samples must be ≥ 1 (got {args.num_samples}).")
+        for flag, value in (
+            ("--cpus-per-trial", args.cpus_per_trial),
+            ("--gpus-per-trial", args.gpus_per_trial),
+            ("--max-concurrent", args.max_concurrent),
+            ("--max-failures", args.max_failures),
+        ):
+            if value < 0:
+                raise SearchError(f"{flag} must be ≥ 0 (got {value}).")
+        name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+        experiment_dir = (args.storage_path / name).resolve()
+        if experiment_dir.exists():
+            raise SearchError(
+                f"{experiment_dir} already exists; continue it with --resume, or pick another "
+                "--name."
+            )
+        searcher = args.searcher or (
+            "random" if args.search_accounting == "random-stopping" else "optuna"
+        )
+        plan = make_plan(
+            space_name=args.space,
+            overrides=parse_overrides(args.overrides),
+            num_samples=args.num_samples,
+            budget_epsilon=args.target_epsilon,
+            delta=args.delta,
+            mode=args.search_accounting,
+            trials_distribution=args.trials_distribution,
+            eta=args.eta,
+            searcher=searcher,
+            scheduler=args.scheduler,
+            seed=args.seed,
+        )
+        try:
+            experiment_dir.mkdir(parents=True)
+        except OSError as error:
+            raise SearchError(
+                f"cannot create {experiment_dir} ({error.strerror}); choose another --storage-path."
+            ) from None
+        plan.save(experiment_dir)
+    _describe(plan, experiment_dir)
+    if plan.num_trials == 0:
+        print("The system drew K = 0 trials: nothing runs, nothing is released, ε = 0.")
+        return 0
+
+    import ray
+
+    from search.summary import summarize
+    from search.tuner import build_tuner
+
+    _start_ray(args)
+    tuner = build_tuner(
+        plan,
+        experiment_dir=experiment_dir,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        max_failures=args.max_failures,
+        resume=args.resume,
     )
-    return 2
+    results = tuner.fit()
+    summary = summarize(plan, experiment_dir, results.get_dataframe())
+    print()
+    print(summary.markdown)
+    print(f"Experiment directory: {experiment_dir}")
+    ray.shutdown()
+    return 0
+
+
+def _describe(plan, experiment_dir: Path) -> None:
+    print(f"Experiment directory: {experiment_dir}")
+    what = {
+        "composition": f"{plan.num_trials} trials, composed",
+        "random-stopping": f"K = {plan.num_trials} trials drawn from {plan.distribution.describe()}"
+        if plan.distribution
+        else "",
+        "none": f"{plan.num_trials} trials; ε of ONE trial only (does NOT cover the search)",
+    }[plan.mode]
+    print(f"Search: {plan.space}, {what}, searcher {plan.searcher}, scheduler {plan.scheduler}")
+    if plan.budget_epsilon is not None:
+        print(
+            f"Budget: ε = {plan.budget_epsilon:g} at δ = {plan.delta:g} for the whole search → "
+            f"every trial runs with σ = {plan.noise_multiplier:.4f} (planned for q ≤ "
+            f"{plan.worst_sample_rate:.4g}, T ≤ {plan.worst_steps})"
+        )
+    else:
+        print(
+            "No search budget: each trial calibrates σ to its own target_epsilon; the search ε "
+            "is computed from the ledger at the end."
+        )
+
+
+def _start_ray(args) -> None:
+    import ray
+
+    if args.address:
+        ray.init(address=args.address)
+        print(f"Joined the Ray cluster at {args.address}.")
+        return
+    context = ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=True,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=DASHBOARD_PORT,
+    )
+    url = context.dashboard_url
+    if url:
+        print(
+            f"Ray dashboard: http://{url} (token auth: send 'Authorization: Bearer "
+            "$(cat ~/.ray/auth_token)', or open the URL and paste the token)"
+        )
 
 
 if __name__ == "__main__":

@@ -145,3 +145,25 @@ def test_missing_ledger_reads_as_empty(tmp_path):
 def test_bad_records_are_refused(kwargs, fragment):
     with pytest.raises(LedgerError, match=fragment):
         record(**kwargs)
+
+
+def test_running_trials_reserve_their_remaining_planned_steps(tmp_path):
+    from accounting.ledger import reserved_events
+
+    ledger = PrivacyLedger(tmp_path)
+    ledger.append(
+        LedgerRecord(trial_id="a", attempt="x", sample_rate=0.01, noise_multiplier=1.0,
+                     steps=30, planned_steps=100)
+    )  # fmt: skip
+    ledger.append(record(trial="b", steps=50, status="completed"))
+    reserved = reserved_events(ledger.records())
+    assert reserved["a"] == dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=100)
+    assert reserved["b"] == dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=50)
+
+
+def test_reserve_appends_only_what_fits(tmp_path):
+    ledger = PrivacyLedger(tmp_path)
+    assert ledger.reserve(record(trial="a"), lambda records: len(records) <= 2)
+    assert ledger.reserve(record(trial="b"), lambda records: len(records) <= 2)
+    assert not ledger.reserve(record(trial="c"), lambda records: len(records) <= 2)
+    assert [r.trial_id for r in ledger.records()] == ["a", "b"]

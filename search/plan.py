@@ -1,0 +1,212 @@
+"""The plan of a search, fixed before any trial runs: mode, K, per-trial σ, worst-case mechanism.
+
+Saved as `search.json` in the experiment directory, so a resumed search uses the very same
+plan (and the same drawn K) instead of drawing again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import accounting
+import spaces
+from spaces import Choice, IntUniform
+from trainers import TrainerError, make_config
+from trainers.data import load_splits
+
+PLAN_FILENAME = "search.json"
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message says what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchPlan:
+    """Everything decided before the first trial."""
+
+    space: str
+    mode: str
+    """composition, random-stopping, or none."""
+    num_trials: int
+    """Trials to run (in random-stopping: the K the system drew)."""
+    trials_mean: float | None
+    trials_distribution: str | None
+    eta: float | None
+    budget_epsilon: float | None
+    """The ε the whole search may spend (None: each trial spends its own target_epsilon)."""
+    delta: float
+    noise_multiplier: float | None
+    """σ of every trial, planned to meet the budget (None: each trial calibrates its own)."""
+    worst_sample_rate: float
+    worst_steps: int
+    """The largest q and T any trial of the space can have (what the planner budgets for)."""
+    n_train: int
+    searcher: str
+    scheduler: str
+    seed: int
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Trainer settings shared by every trial (the space's fixed ones, --set, planned σ)."""
+
+    @property
+    def distribution(self) -> accounting.TrialsDistribution | None:
+        if self.mode != "random-stopping":
+            return None
+        return accounting.TrialsDistribution(
+            kind=self.trials_distribution, mean=self.trials_mean, eta=self.eta
+        )
+
+    def worst_trial_event(self, noise_multiplier: float):
+        return accounting.dp_sgd_event(
+            sample_rate=self.worst_sample_rate,
+            noise_multiplier=noise_multiplier,
+            steps=self.worst_steps,
+        )
+
+    def save(self, directory: Path) -> None:
+        path = directory / PLAN_FILENAME
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, directory: Path) -> SearchPlan:
+        path = directory / PLAN_FILENAME
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise SearchError(
+                f"{directory} is not an experiment directory (no {PLAN_FILENAME}); "
+                "check --storage-path and --name."
+            ) from None
+        except (ValueError, TypeError) as error:
+            raise SearchError(f"{path} is damaged ({error}); it cannot be resumed.") from None
+
+
+def make_plan(
+    *,
+    space_name: str,
+    overrides: dict[str, Any],
+    num_samples: int,
+    budget_epsilon: float | None,
+    delta: float | None,
+    mode: str,
+    trials_distribution: str,
+    eta: float | None,
+    searcher: str,
+    scheduler: str,
+    seed: int,
+) -> SearchPlan:
+    """Validate the request and fix the plan (σ from the budget, K drawn for random stopping)."""
+    space = spaces.get_space(space_name)
+    if num_samples < 1:
+        raise SearchError(f"--num-samples must be ≥ 1 (got {num_samples}).")
+    if mode == "random-stopping":
+        if searcher != "random":
+            raise SearchError(
+                "random-stopping needs i.i.d. candidates: use --searcher random (an adaptive "
+                "searcher's trials depend on earlier results)."
+            )
+        if scheduler != "fifo":
+            raise SearchError(
+                "random-stopping runs every candidate to the end: use --scheduler fifo "
+                "(early stopping compares trials, which the theorem does not cover)."
+            )
+    fixed = {**space.fixed, **overrides}
+    searched = {k: v for k, v in space.searched.items() if k not in overrides}
+    if delta is not None:
+        fixed["delta"] = delta
+        searched.pop("delta", None)
+    delta = fixed.get("delta", searched["delta"].default if "delta" in searched else 1e-5)
+    if "delta" in searched:
+        raise SearchError("a search needs one δ for all trials: fix it with --delta.")
+
+    base = make_config({**space.default_config(), **fixed})
+    try:
+        n_train = len(load_splits(base).train)
+    except TrainerError:
+        raise
+    worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
+    if base.private and delta >= 1.0 / n_train:
+        raise SearchError(f"--delta {delta} is not below 1/n = {1 / n_train:.2g}; lower it.")
+
+    distribution = None
+    if mode == "random-stopping":
+        distribution = accounting.TrialsDistribution(
+            kind=trials_distribution,
+            mean=float(num_samples),
+            eta=eta if trials_distribution == "negative-binomial" else None,
+        )
+        num_trials = distribution.sample(np.random.default_rng(seed))
+    else:
+        num_trials = num_samples
+
+    noise_multiplier = None
+    if budget_epsilon is not None:
+        if not base.private:
+            raise SearchError(
+                "--target-epsilon budgets a private search; drop --set private=false."
+            )
+        noise_multiplier = accounting.plan_noise_multiplier(
+            budget_epsilon=budget_epsilon,
+            delta=delta,
+            sample_rate=worst_q,
+            steps=worst_t,
+            mode=mode,
+            num_trials=num_samples if mode == "composition" else None,
+            distribution=distribution,
+        )
+        fixed.update(noise_multiplier=noise_multiplier, target_epsilon=None)
+        for key in ("noise_multiplier", "target_epsilon"):
+            searched.pop(key, None)
+    return SearchPlan(
+        space=space.name,
+        mode=mode,
+        num_trials=num_trials,
+        trials_mean=float(num_samples) if distribution else None,
+        trials_distribution=trials_distribution if distribution else None,
+        eta=distribution.eta if distribution else None,
+        budget_epsilon=budget_epsilon,
+        delta=delta,
+        noise_multiplier=noise_multiplier,
+        worst_sample_rate=worst_q,
+        worst_steps=worst_t,
+        n_train=n_train,
+        searcher=searcher,
+        scheduler=scheduler,
+        seed=seed,
+        fixed={**fixed, "delta": delta},
+    )
+
+
+def searched_space(plan: SearchPlan) -> dict[str, Any]:
+    """The space's distributions that the plan leaves searched."""
+    space = spaces.get_space(plan.space)
+    return {k: v for k, v in space.searched.items() if k not in plan.fixed}
+
+
+def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int]:
+    """The largest q and the largest T over every configuration the space can draw."""
+
+    def values(key: str) -> list:
+        dist = searched.get(key)
+        if dist is None:
+            return [base[key]]
+        if isinstance(dist, Choice):
+            return list(dist.values)
+        if isinstance(dist, IntUniform):
+            return [dist.low, dist.high]
+        return [dist.low, dist.high]
+
+    batches = [int(b) for b in values("batch_size")]
+    epochs = max(int(e) for e in values("epochs"))
+    worst_q = max(1.0 / math.ceil(n_train / b) for b in batches)
+    worst_t = epochs * max(math.ceil(n_train / b) for b in batches)
+    return worst_q, worst_t

@@ -1,0 +1,139 @@
+"""One trial under Ray Tune: the trainer, its checkpoints, and its lines in the privacy ledger.
+
+The ledger is written from inside the trial as it runs (fsynced per report), so whatever
+happens to the driver, every executed step is on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import accounting
+from accounting.ledger import LedgerRecord, PrivacyLedger, reserved_events
+from trainers import make_config, train
+
+CHECKPOINT_FILE = "state.pt"
+RESULT_KEYS_DROPPED = ("val_class_accuracy", "test_class_accuracy")
+"""Lists Tune would flatten into one column per class; kept as JSON strings instead."""
+
+
+def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | None) -> None:
+    """Tune function trainable: train one configuration, report every epoch."""
+    from ray import tune
+
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    ledger = PrivacyLedger(Path(experiment_dir) / accounting.LEDGER_FILENAME)
+    train_config = make_config(config)
+    attempt = uuid.uuid4().hex[:12]
+
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
+
+    restored_steps = 0 if state is None else state["steps"]
+    if budget is not None and not _reserve(
+        ledger, trial_id, attempt, train_config, budget, restored_steps
+    ):
+        return  # the budget cannot hold this trial: it never starts (and spends nothing)
+
+    pending: dict[str, Any] = {}
+    last: dict[str, Any] = {}
+
+    def save_state(trial_state: dict[str, Any]) -> None:
+        pending["state"] = trial_state
+
+    def report(metrics: dict[str, Any]) -> None:
+        last.update(metrics)
+        status = "completed" if metrics["done"] else "running"
+        ledger.append(_record(trial_id, attempt, metrics, train_config, status))
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(pending.pop("state"), Path(directory) / CHECKPOINT_FILE)
+            tune.report(_for_tune(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
+
+    try:
+        train(train_config, report, state=state, save_state=save_state)
+    except SystemExit:
+        # Tune ends a trial it stops (ASHA, a stopper, the final result) with sys.exit(0)
+        # inside `tune.report`; the steps already reported stay counted.
+        if last and not last["done"]:
+            ledger.append(_record(trial_id, attempt, last, train_config, "stopped"))
+        raise
+    except BaseException:
+        if last:  # the epoch in flight is lost with the process; reported steps count
+            ledger.append(_record(trial_id, attempt, last, train_config, "failed"))
+        raise
+
+
+def _planned_steps(config, sample_rate: float) -> int:
+    return config.epochs * round(1 / sample_rate)
+
+
+def _record(trial_id, attempt, metrics, config, status) -> LedgerRecord:
+    return LedgerRecord(
+        trial_id=trial_id,
+        attempt=attempt,
+        sample_rate=metrics["sample_rate"],
+        noise_multiplier=metrics["noise_multiplier"],
+        steps=metrics["steps"],
+        start_steps=metrics["start_steps"],
+        status=status,
+        planned_steps=_planned_steps(config, metrics["sample_rate"]),
+    )
+
+
+def _reserve(ledger, trial_id, attempt, config, budget, restored_steps) -> bool:
+    """Reserve this attempt's planned steps in the ledger before it touches any data.
+
+    In composition mode the reservation must fit the budget together with everything the
+    ledger already holds (executed steps, and the remaining plans of running trials); the
+    check and the append are one atomic step. Random stopping fixed K and σ in the plan.
+    """
+    sample_rate = 1.0 / math.ceil(budget["n_train"] / config.batch_size)
+    start = LedgerRecord(
+        trial_id=trial_id,
+        attempt=attempt,
+        sample_rate=sample_rate,
+        noise_multiplier=config.noise_multiplier,
+        steps=restored_steps,
+        start_steps=restored_steps,
+        status="running",
+        planned_steps=_planned_steps(config, sample_rate),
+    )
+
+    def fits(records) -> bool:
+        if budget["mode"] != "composition":
+            return True
+        events = list(reserved_events(records).values())
+        spent = accounting.search_epsilon(events, mode="composition", delta=budget["delta"])
+        return spent.epsilon <= budget["epsilon"]
+
+    if ledger.reserve(start, fits):
+        return True
+    ledger.append(dataclasses.replace(start, status="stopped", planned_steps=restored_steps))
+    return False
+
+
+def _for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    import ray
+
+    clean = {k: v for k, v in metrics.items() if k not in RESULT_KEYS_DROPPED}
+    for key in RESULT_KEYS_DROPPED:
+        if key in metrics:
+            clean[key] = json.dumps(metrics[key])
+    clean["epsilon"] = metrics["epsilon"] if math.isfinite(metrics["epsilon"]) else float("inf")
+    clean["node_id"] = ray.get_runtime_context().get_node_id()
+    clean["pid"] = os.getpid()
+    return clean

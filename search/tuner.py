@@ -1,0 +1,199 @@
+"""Ray Tune orchestration: the Tuner, its searcher, scheduler, resources, resume, live metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+import accounting
+from accounting.ledger import PrivacyLedger, latest_status
+from search.plan import SearchPlan, searched_space
+from search.trial import run_trial
+from spaces import Choice, IntUniform, LogUniform, Uniform
+
+log = logging.getLogger(__name__)
+
+METRIC = "val_accuracy"
+
+
+def to_tune(distribution) -> Any:
+    """A space distribution as a Ray Tune search domain (the edge where Ray enters)."""
+    from ray import tune
+
+    if isinstance(distribution, Choice):
+        return tune.choice(list(distribution.values))
+    if isinstance(distribution, LogUniform):
+        return tune.loguniform(distribution.low, distribution.high)
+    if isinstance(distribution, Uniform):
+        return tune.uniform(distribution.low, distribution.high)
+    if isinstance(distribution, IntUniform):
+        make = tune.lograndint if distribution.log else tune.randint
+        return make(distribution.low, distribution.high + 1)  # Tune's upper end is exclusive
+    raise TypeError(f"no Ray Tune domain for {distribution!r}")
+
+
+def build_tuner(
+    plan: SearchPlan,
+    *,
+    experiment_dir: Path,
+    cpus_per_trial: float,
+    gpus_per_trial: float,
+    max_concurrent: int,
+    max_failures: int,
+    resume: bool,
+):
+    """A Tuner for `plan` writing into `experiment_dir` (or restoring the one there)."""
+    from ray import tune
+
+    budget = None
+    if plan.budget_epsilon is not None:
+        budget = {
+            "epsilon": plan.budget_epsilon,
+            "delta": plan.delta,
+            "mode": plan.mode,
+            "n_train": plan.n_train,
+        }
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial_with_fixed, fixed=plan.fixed, experiment_dir=str(experiment_dir), budget=budget
+        ),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+    )
+    if resume:
+        return tune.Tuner.restore(
+            str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    searched = searched_space(plan)
+    multi_objective = "target_epsilon" in searched
+    search_alg = _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent)
+    # One metric for Tune unless Optuna optimises accuracy and ε together (then the searcher
+    # holds both and ASHA, if used, ranks by accuracy alone).
+    single_metric = not (plan.searcher == "optuna" and multi_objective)
+    scheduler = _scheduler(plan, searched, own_metric=not single_metric)
+    return tune.Tuner(
+        trainable,
+        param_space={key: to_tune(dist) for key, dist in searched.items()},
+        tune_config=tune.TuneConfig(
+            num_samples=plan.num_trials,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            max_concurrent_trials=max_concurrent or None,
+            metric=METRIC if single_metric else None,
+            mode="max" if single_metric else None,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment_dir.name,
+            storage_path=str(experiment_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[PrivacyMetricsCallback(plan, experiment_dir)],
+            verbose=1,
+        ),
+    )
+
+
+def _trial_with_fixed(config, *, fixed, experiment_dir, budget):
+    run_trial({**fixed, **config}, experiment_dir=experiment_dir, budget=budget)
+
+
+def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
+    if plan.searcher == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=plan.seed)
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    # The study lives in the experiment directory so optuna-dashboard can open it:
+    # optuna-dashboard EXPERIMENT_DIR/optuna_journal.log
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(experiment_dir / "optuna_journal.log"))
+    )
+    kwargs = {"metric": [METRIC, "epsilon"], "mode": ["max", "min"]} if multi_objective else {}
+    searcher = OptunaSearch(seed=plan.seed, storage=storage, study_name=plan.space, **kwargs)
+    return (
+        ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
+    )
+
+
+def _scheduler(plan, searched, *, own_metric: bool):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if plan.scheduler == "fifo":
+        return FIFOScheduler()
+    epochs = searched.get("epochs")
+    max_epochs = max(epochs.values) if isinstance(epochs, Choice) else (
+        epochs.high if epochs is not None else plan.fixed.get("epochs", 1)
+    )  # fmt: skip
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=METRIC if own_metric else None,
+        mode="max" if own_metric else None,
+        max_t=max(int(max_epochs), 1),
+        grace_period=1,
+        reduction_factor=2,
+    )
+
+
+class PrivacyMetricsCallback(Callback):
+    """Publishes live privacy metrics (Prometheus, via ray.util.metrics) from the ledger."""
+
+    def __init__(self, plan: SearchPlan, experiment_dir: Path) -> None:
+        from ray.util import metrics
+
+        self.plan = plan
+        self.ledger = PrivacyLedger(experiment_dir / accounting.LEDGER_FILENAME)
+        self.best = -math.inf
+        self.last_update = 0.0
+        self.tags = {"experiment": experiment_dir.name}
+        # NOTE: Ray's metric descriptions must be ASCII.
+        self.gauges = {
+            name: metrics.Gauge(f"dp_search_{name}", description=text, tag_keys=("experiment",))
+            for name, text in (
+                ("epsilon_spent", "search epsilon recomputed from the privacy ledger"),
+                ("budget_left", "epsilon budget minus epsilon spent (NaN without a budget)"),
+                ("best_val_accuracy", "best validation accuracy so far (analyst-only)"),
+                ("trials_finished", "trials that completed, stopped or failed"),
+            )
+        }
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.best = max(self.best, float(result.get(METRIC, -math.inf)))
+        if time.monotonic() - self.last_update > 2.0:
+            self.update()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.update()
+
+    def on_experiment_end(self, trials, **info):
+        self.update()
+
+    def update(self) -> dict[str, float] | None:
+        self.last_update = time.monotonic()
+        try:
+            records = self.ledger.records()
+            spent = accounting.search_epsilon(
+                list(accounting.executed_events(records).values()),
+                mode=self.plan.mode,
+                delta=self.plan.delta,
+                distribution=self.plan.distribution,
+            ).epsilon
+        except accounting.AccountingError as error:  # a gauge never stops the search
+            log.warning("privacy metrics not updated: %s", error)
+            return None
+        budget = self.plan.budget_epsilon
+        values = {
+            "epsilon_spent": spent,
+            "budget_left": (budget - spent) if budget is not None else math.nan,
+            "best_val_accuracy": self.best if self.best > -math.inf else math.nan,
+            "trials_finished": sum(s != "running" for s in latest_status(records).values()),
+        }
+        for name, value in values.items():
+            self.gauges[name].set(value, tags=self.tags)
+        return values

@@ -1,0 +1,216 @@
+"""The search on real Ray clusters: accounting modes, budget, ledger, multi-node, dashboard,
+resume after the driver is killed. Tiny synthetic data keeps each search to seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import accounting
+from accounting.ledger import latest_status, read_ledger
+
+from .conftest import ROOT
+from .test_cli import assert_one_sentence_error
+
+TINY = [
+    "--space", "fmnist_quick",
+    "--set", "dataset=synthetic", "--set", "synthetic_examples=256",
+    "--set", "validation_size=64", "--set", "batch_size=64", "--set", "delta=1e-4",
+]  # fmt: skip
+
+
+def search(*args, timeout=420, **kwargs):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "search/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def ledger_epsilon(directory: Path, plan: dict) -> float:
+    events = accounting.executed_events(read_ledger(directory))
+    distribution = None
+    if plan["mode"] == "random-stopping":
+        distribution = accounting.TrialsDistribution(
+            kind=plan["trials_distribution"], mean=plan["trials_mean"], eta=plan["eta"]
+        )
+    return accounting.search_epsilon(
+        list(events.values()), mode=plan["mode"], delta=plan["delta"], distribution=distribution
+    ).epsilon
+
+
+def test_composition_search_with_budget_and_asha(tmp_path):
+    result = search(
+        *TINY, "--num-samples", "4", "--target-epsilon", "8", "--scheduler", "asha",
+        "--storage-path", str(tmp_path), "--name", "comp", "--num-cpus", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    directory = tmp_path / "comp"
+    plan = json.loads((directory / "search.json").read_text())
+    trials = pd.read_csv(directory / "trials.csv")
+    records = read_ledger(directory)
+    # The ledger covers every trial Tune ran, each with the planned σ.
+    assert set(trials["trial_id"]) == {r.trial_id for r in records} and len(trials) == 4
+    assert {r.noise_multiplier for r in records} == {plan["noise_multiplier"]}
+    assert set(latest_status(records).values()) <= {"completed", "stopped"}
+    # The budget holds, recomputed from the ledger alone.
+    spent = ledger_epsilon(directory, plan)
+    assert 0 < spent <= 8.0
+    assert "Search ε = **" in result.stdout and "DP release" in result.stdout
+    assert (directory / "pareto.csv").exists() and (directory / "optuna_journal.log").exists()
+    markdown = (directory / "pareto.md").read_text()
+    assert "analyst-only" in markdown and f"{accounting.round_up(spent, 3):g}" in markdown
+
+
+def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
+    result = search(
+        *TINY, "--num-samples", "3", "--target-epsilon", "6",
+        "--search-accounting", "random-stopping", "--trials-distribution", "geometric",
+        "--seed", "1", "--storage-path", str(tmp_path), "--name", "rs", "--num-cpus", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    directory = tmp_path / "rs"
+    plan = json.loads((directory / "search.json").read_text())
+    assert plan["searcher"] == "random" and plan["scheduler"] == "fifo"
+    k = plan["num_trials"]
+    assert f"K = {k} trials drawn from geometric" in result.stdout
+    assert len({r.trial_id for r in read_ledger(directory)}) == k
+    assert ledger_epsilon(directory, plan) <= 6.0
+    assert "only the best one released" in (directory / "pareto.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--search-accounting", "random-stopping", "--scheduler", "asha"], "--scheduler fifo"),
+        (["--search-accounting", "random-stopping", "--searcher", "optuna"], "--searcher random"),
+        (["--num-samples", "0"], "--num-samples"),
+        (["--space", "nope"], "unknown search space"),
+    ],
+)
+def test_search_bad_input_is_one_sentence(tmp_path, args, fragment):
+    result = search(*TINY, *args, "--storage-path", str(tmp_path), "--name", "x", timeout=120)
+    assert_one_sentence_error(result, fragment)
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_experiment_is_never_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "privacy_ledger.jsonl").write_text("kept\n")
+    result = search(*TINY, "--storage-path", str(tmp_path), "--name", "taken", timeout=120)
+    assert_one_sentence_error(result, "--resume")
+    assert (tmp_path / "taken" / "privacy_ledger.jsonl").read_text() == "kept\n"
+
+
+def test_resume_of_something_that_is_not_an_experiment(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = search("--storage-path", str(tmp_path), "--name", "empty", "--resume", timeout=120)
+    assert_one_sentence_error(result, "not an experiment directory")
+
+
+def test_resume_after_the_driver_is_killed_counts_nothing_twice(tmp_path):
+    args = [
+        *TINY, "--num-samples", "4", "--max-concurrent", "1", "--searcher", "random",
+        "--set", "epochs=3", "--storage-path", str(tmp_path), "--name", "res", "--num-cpus", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen(
+        [sys.executable, "search/run.py", *args], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ledger = tmp_path / "res" / "privacy_ledger.jsonl"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # kill once one trial is done and another started
+            records = read_ledger(ledger) if ledger.exists() else []
+            statuses = latest_status(records)
+            if list(statuses.values()).count("completed") >= 1 and len(statuses) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the search made no progress")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local cluster it started
+        driver.wait()
+    before = {r.trial_id for r in read_ledger(ledger)}
+
+    result = search("--storage-path", str(tmp_path), "--name", "res", "--resume", "--num-cpus", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_ledger(ledger)
+    statuses = latest_status(records)
+    assert before <= set(statuses) and len(statuses) == 4
+    assert set(statuses.values()) == {"completed"}
+    # Each trial's executed steps: exactly its plan, plus at most the one epoch in flight at
+    # the kill (re-run from the checkpoint: those steps really ran twice).
+    events = accounting.executed_events(records)
+    for trial_id, event in events.items():
+        planned = max(r.planned_steps for r in records if r.trial_id == trial_id)
+        executed = event.count if hasattr(event, "count") else None
+        assert planned <= executed <= planned + 4, (trial_id, planned, executed)
+    trials = pd.read_csv(tmp_path / "res" / "trials.csv")
+    assert len(trials) == 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_requires_the_token():
+    import ray
+
+    port = _free_port()
+    context = ray.init(
+        num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port
+    )
+    try:
+        url = f"http://{context.dashboard_url}/api/jobs/"
+        assert context.dashboard_url.startswith("127.0.0.1:")
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        deadline = time.monotonic() + 60
+        while True:  # the dashboard's HTTP server comes up a moment after ray.init returns
+            try:
+                request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.status == 200
+                    json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code in (401, 403)
+    finally:
+        ray.shutdown()
+
+
+def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        result = search(
+            *TINY, "--num-samples", "4", "--searcher", "random", "--set", "epochs=2",
+            "--address", cluster.address, "--storage-path", str(tmp_path), "--name", "multi",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        trials = pd.read_csv(tmp_path / "multi" / "trials.csv")
+        assert trials["node_id"].nunique() == 2
+    finally:
+        cluster.shutdown()
