@@ -18,7 +18,7 @@ import numpy as np
 import accounting
 import spaces
 from spaces import Choice, IntUniform
-from trainers import TrainerError, make_config
+from trainers import make_config
 from trainers.data import load_splits
 
 PLAN_FILENAME = "search.json"
@@ -120,19 +120,14 @@ def make_plan(
                 "(early stopping compares trials, which the theorem does not cover)."
             )
     fixed = {**space.fixed, **overrides}
-    searched = {k: v for k, v in space.searched.items() if k not in overrides}
     if delta is not None:
         fixed["delta"] = delta
-        searched.pop("delta", None)
-    delta = fixed.get("delta", searched["delta"].default if "delta" in searched else 1e-5)
+    searched = {k: v for k, v in space.searched.items() if k not in fixed}
     if "delta" in searched:
-        raise SearchError("a search needs one δ for all trials: fix it with --delta.")
-
+        raise SearchError("a search needs one δ for all its trials: fix it with --delta.")
     base = make_config({**space.default_config(), **fixed})
-    try:
-        n_train = len(load_splits(base).train)
-    except TrainerError:
-        raise
+    delta = base.delta
+    n_train = len(load_splits(base).train)
     worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
     if base.private and delta >= 1.0 / n_train:
         raise SearchError(f"--delta {delta} is not below 1/n = {1 / n_train:.2g}; lower it.")

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Trials checkpoint every epoch (small files); Tune's warning about frequent experiment
+# snapshots would repeat for every epoch of every trial.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import accounting  # noqa: E402
 import spaces  # noqa: E402
@@ -221,6 +224,13 @@ def _run(args) -> int:
     )
     results = tuner.fit()
     summary = summarize(plan, experiment_dir, results.get_dataframe())
+    if results.errors:
+        first = str(results.errors[0]).strip().splitlines()[-1][:200]
+        print(
+            f"warning: {len(results.errors)} trial(s) failed after all retries (first: {first}); "
+            "their reported steps are in the ledger; see error.txt in their trial folders.",
+            file=sys.stderr,
+        )
     print()
     print(summary.markdown)
     print(f"Experiment directory: {experiment_dir}")

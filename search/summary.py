@@ -42,6 +42,9 @@ def summarize(plan: SearchPlan, experiment_dir: Path, results: pd.DataFrame) -> 
     trials = pd.DataFrame({"trial_id": sorted(events)})
     trials["status"] = trials["trial_id"].map(statuses)
     trials["trial_epsilon"] = trials["trial_id"].map(trial_eps)
+    # ε as reported (rounded up to 3 decimals): trials calibrated to the same target differ
+    # only in the last digits and should tie on the frontier, not all appear on it.
+    trials["reported_epsilon"] = trials["trial_epsilon"].map(lambda e: accounting.round_up(e, 3))
     if len(results):
         keep = [c for c in results.columns if c.startswith("config/")] + [
             c for c in ("val_accuracy", "val_loss", "test_accuracy", "steps", "sample_rate",
@@ -57,7 +60,7 @@ def summarize(plan: SearchPlan, experiment_dir: Path, results: pd.DataFrame) -> 
         released = completed.loc[completed["val_accuracy"].idxmax()]
     # Stopped (pruned) and failed trials never enter the frontier: they did not finish.
     frontier = (
-        pareto_front(completed, epsilon="trial_epsilon", accuracy="val_accuracy")
+        pareto_front(completed, epsilon="reported_epsilon", accuracy="val_accuracy")
         if "val_accuracy" in completed
         else completed
     )

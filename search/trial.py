@@ -31,6 +31,10 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
+    # A trial uses the CPUs Tune gave it: torch would otherwise start a thread per core in
+    # every trial, and concurrent trials would fight over the same cores.
+    cpus = context.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
     ledger = PrivacyLedger(Path(experiment_dir) / accounting.LEDGER_FILENAME)
     train_config = make_config(config)
     attempt = uuid.uuid4().hex[:12]

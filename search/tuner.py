@@ -60,7 +60,7 @@ def build_tuner(
         }
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial_with_fixed, fixed=plan.fixed, experiment_dir=str(experiment_dir), budget=budget
+            dp_trial, fixed=plan.fixed, experiment_dir=str(experiment_dir), budget=budget
         ),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
@@ -97,7 +97,8 @@ def build_tuner(
     )
 
 
-def _trial_with_fixed(config, *, fixed, experiment_dir, budget):
+def dp_trial(config, *, fixed, experiment_dir, budget):
+    """The Tune trainable: the space's fixed settings plus this trial's sampled ones."""
     run_trial({**fixed, **config}, experiment_dir=experiment_dir, budget=budget)
 
 

@@ -69,6 +69,7 @@ def test_composition_search_with_budget_and_asha(tmp_path):
     assert 0 < spent <= 8.0
     assert "Search ε = **" in result.stdout and "DP release" in result.stdout
     assert (directory / "pareto.csv").exists() and (directory / "optuna_journal.log").exists()
+    assert list(directory.glob("dp_trial_*/events.out.tfevents.*"))  # TensorBoard logs kept
     markdown = (directory / "pareto.md").read_text()
     assert "analyst-only" in markdown and f"{accounting.round_up(spent, 3):g}" in markdown
 
@@ -214,3 +215,35 @@ def test_trials_run_on_both_nodes_of_a_two_node_cluster(tmp_path):
         assert trials["node_id"].nunique() == 2
     finally:
         cluster.shutdown()
+
+
+def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
+    import ray
+
+    from accounting.ledger import LedgerRecord, PrivacyLedger
+    from search.plan import SearchPlan
+    from search.tuner import PrivacyMetricsCallback
+
+    plan = SearchPlan(
+        space="fmnist_quick", mode="composition", num_trials=2, trials_mean=None,
+        trials_distribution=None, eta=None, budget_epsilon=8.0, delta=1e-5,
+        noise_multiplier=1.0, worst_sample_rate=0.01, worst_steps=100, n_train=1000,
+        searcher="random", scheduler="fifo", seed=0,
+    )  # fmt: skip
+    ledger = PrivacyLedger(tmp_path)
+    for trial, status in (("a", "completed"), ("b", "running")):
+        ledger.append(
+            LedgerRecord(trial_id=trial, attempt="x", sample_rate=0.01, noise_multiplier=1.0,
+                         steps=100, status=status)
+        )  # fmt: skip
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        callback = PrivacyMetricsCallback(plan, tmp_path)
+        callback.on_trial_result(0, [], None, {"val_accuracy": 0.7})
+        values = callback.update()
+    finally:
+        ray.shutdown()
+    expected = ledger_epsilon(tmp_path, {"mode": "composition", "delta": 1e-5})
+    assert values["epsilon_spent"] == pytest.approx(expected)
+    assert values["budget_left"] == pytest.approx(8.0 - expected)
+    assert values["best_val_accuracy"] == 0.7 and values["trials_finished"] == 1

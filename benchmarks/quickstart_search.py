@@ -1,0 +1,83 @@
+"""Time the quickstart search (`search/run.py --space fmnist_quick`) on this machine.
+
+Runs the README's quickstart as is, then the same random search with 1 and with 2 trials at a
+time (same seed, so the same trials) to measure the speedup of concurrency.
+
+    python benchmarks/quickstart_search.py [--json FILE] [--num-samples N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_search(storage: Path, name: str, *extra: str) -> dict:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "search/run.py", "--space", "fmnist_quick", "--storage-path",
+         str(storage), "--name", name, *extra],
+        cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit(f"search {name} failed:\n{result.stderr[-3000:]}")
+    trials = pd.read_csv(storage / name / "trials.csv")
+    return {
+        "name": name,
+        "args": list(extra),
+        "wall_s": wall,
+        "trials": len(trials),
+        "trials_per_hour": len(trials) / wall * 3600,
+        "best_val_accuracy": float(trials["val_accuracy"].max()),
+        "markdown": (storage / name / "pareto.md").read_text(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--num-samples", type=int, default=8)
+    args = parser.parse_args()
+    n = str(args.num_samples)
+    with tempfile.TemporaryDirectory() as directory:
+        storage = Path(directory)
+        quickstart = run_search(storage, "quickstart", "--num-samples", n)
+        one = run_search(storage, "random_c1", "--num-samples", n, "--searcher", "random",
+                         "--max-concurrent", "1")  # fmt: skip
+        two = run_search(storage, "random_c2", "--num-samples", n, "--searcher", "random",
+                         "--max-concurrent", "2")  # fmt: skip
+    figures = {
+        "benchmark": "quickstart_search",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "quickstart": quickstart,
+        "concurrency_1": one,
+        "concurrency_2": two,
+        "speedup_2_over_1": one["wall_s"] / two["wall_s"],
+    }
+    for run in (quickstart, one, two):
+        print(
+            f"{run['name']}: {run['trials']} trials in {run['wall_s']:.0f} s "
+            f"({run['trials_per_hour']:.0f} trials/hour), "
+            f"best val acc {run['best_val_accuracy']:.4f}"
+        )
+    print(f"speedup of 2 concurrent trials over 1: {figures['speedup_2_over_1']:.2f}x")
+    print(quickstart["markdown"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
