@@ -16,9 +16,9 @@ def pareto_front(
     Ties: of trials with equal ε and equal accuracy, the first (by index) is kept.
     Returned sorted by ε.
     """
-    usable = trials[
-        trials[epsilon].map(_finite) & trials[accuracy].map(_finite)
-    ].sort_values([epsilon, accuracy], ascending=[True, False], kind="stable")
+    usable = trials[trials[epsilon].map(_finite) & trials[accuracy].map(_finite)].sort_values(
+        [epsilon, accuracy], ascending=[True, False], kind="stable"
+    )
     keep, best = [], -math.inf
     for index, row in usable.iterrows():
         if row[accuracy] > best:

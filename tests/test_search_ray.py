@@ -247,3 +247,28 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
     assert values["epsilon_spent"] == pytest.approx(expected)
     assert values["budget_left"] == pytest.approx(8.0 - expected)
     assert values["best_val_accuracy"] == 0.7 and values["trials_finished"] == 1
+
+
+def test_frontier_space_runs_multi_objective_optuna(tmp_path):
+    # The space varies each trial's ε: Optuna optimises accuracy and ε together, and with no
+    # budget each trial calibrates σ to its own target; the search ε composes them all.
+    args = [a if a != "fmnist_quick" else "fmnist_frontier" for a in TINY]
+    result = search(
+        *args, "--num-samples", "4", "--storage-path", str(tmp_path), "--name", "front",
+        "--num-cpus", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    directory = tmp_path / "front"
+    trials = pd.read_csv(directory / "trials.csv")
+    assert len(trials) == 4
+    assert (trials["trial_epsilon"] <= trials["target_epsilon"] + 1e-9).all()
+    plan = json.loads((directory / "search.json").read_text())
+    assert plan["noise_multiplier"] is None  # no budget: σ per trial
+    assert ledger_epsilon(directory, plan) > trials["trial_epsilon"].max()
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(directory / "optuna_journal.log"))
+    )
+    study = optuna.load_study(study_name="fmnist_frontier", storage=storage)
+    assert len(study.directions) == 2  # accuracy and ε
