@@ -63,11 +63,24 @@ class SearchPlan:
             kind=self.trials_distribution, mean=self.trials_mean, eta=self.eta
         )
 
-    def worst_trial_event(self, noise_multiplier: float):
-        return accounting.dp_sgd_event(
-            sample_rate=self.worst_sample_rate,
-            noise_multiplier=noise_multiplier,
-            steps=self.worst_steps,
+    def search_epsilon(self, trial_events: list) -> accounting.SearchEpsilon:
+        """The search ε of this plan given each trial's executed event (from the ledger).
+
+        Random stopping bounds the RDP of *any* candidate the random search could draw, not
+        only the drawn ones: with a planned σ the space's worst case (largest q, most steps)
+        joins the candidates, so the bound is the one the plan was calibrated for.
+        """
+        candidates = list(trial_events)
+        if self.mode == "random-stopping" and self.noise_multiplier is not None:
+            candidates.append(
+                accounting.dp_sgd_event(
+                    sample_rate=self.worst_sample_rate,
+                    noise_multiplier=self.noise_multiplier,
+                    steps=self.worst_steps,
+                )
+            )
+        return accounting.search_epsilon(
+            candidates, mode=self.mode, delta=self.delta, distribution=self.distribution
         )
 
     def save(self, directory: Path) -> None:

@@ -35,9 +35,7 @@ def summarize(plan: SearchPlan, experiment_dir: Path, results: pd.DataFrame) -> 
     trial_eps = {
         trial_id: accounting.epsilon(event, delta=plan.delta) for trial_id, event in events.items()
     }
-    search = accounting.search_epsilon(
-        list(events.values()), mode=plan.mode, delta=plan.delta, distribution=plan.distribution
-    )
+    search = plan.search_epsilon(list(events.values()))
 
     trials = pd.DataFrame({"trial_id": sorted(events)})
     trials["status"] = trials["trial_id"].map(statuses)
@@ -65,7 +63,8 @@ def summarize(plan: SearchPlan, experiment_dir: Path, results: pd.DataFrame) -> 
         else completed
     )
     frontier.to_csv(experiment_dir / "pareto.csv", index=False)
-    markdown = _markdown(plan, trials, frontier, search, released)
+    largest = max(trial_eps.values(), default=0.0)
+    markdown = _markdown(plan, trials, frontier, search, released, largest)
     (experiment_dir / "pareto.md").write_text(markdown)
     return SearchSummary(trials, frontier, search, released, markdown)
 
@@ -74,7 +73,7 @@ def _eps(value: float) -> str:
     return "∞" if not math.isfinite(value) else f"{accounting.round_up(value, 3):g}"
 
 
-def _markdown(plan, trials, frontier, search, released) -> str:
+def _markdown(plan, trials, frontier, search, released, largest_trial_epsilon) -> str:
     lines = [
         f"# Search `{plan.space}`: {len(trials)} trials, {search.mode} accounting",
         "",
@@ -94,7 +93,7 @@ def _markdown(plan, trials, frontier, search, released) -> str:
     lines += [
         f"- Search ε = **{_eps(search.epsilon)}** at δ = {plan.delta:g}{budget}: covers "
         f"{search.covers}.",
-        f"- Largest single-trial ε = {_eps(search.max_trial_epsilon)} (NOT what releasing the "
+        f"- Largest single-trial ε = {_eps(largest_trial_epsilon)} (NOT what releasing the "
         "selected model costs).",
         "",
         "## Frontier of validation accuracy vs trial ε (analyst-only diagnostics)",

@@ -179,11 +179,8 @@ class PrivacyMetricsCallback(Callback):
         self.last_update = time.monotonic()
         try:
             records = self.ledger.records()
-            spent = accounting.search_epsilon(
-                list(accounting.executed_events(records).values()),
-                mode=self.plan.mode,
-                delta=self.plan.delta,
-                distribution=self.plan.distribution,
+            spent = self.plan.search_epsilon(
+                list(accounting.executed_events(records).values())
             ).epsilon
         except accounting.AccountingError as error:  # a gauge never stops the search
             log.warning("privacy metrics not updated: %s", error)

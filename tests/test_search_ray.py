@@ -272,3 +272,21 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     )
     study = optuna.load_study(study_name="fmnist_frontier", storage=storage)
     assert len(study.directions) == 2  # accuracy and ε
+
+
+def test_random_stopping_plan_bounds_every_candidate_the_space_could_draw():
+    from search.plan import SearchPlan
+
+    plan = SearchPlan(
+        space="fmnist_quick", mode="random-stopping", num_trials=2, trials_mean=3.0,
+        trials_distribution="geometric", eta=None, budget_epsilon=6.0, delta=1e-5,
+        noise_multiplier=1.5, worst_sample_rate=0.05, worst_steps=600, n_train=1000,
+        searcher="random", scheduler="fifo", seed=0,
+    )  # fmt: skip
+    # The two drawn trials were small; the space could have drawn the worst case.
+    drawn = [accounting.dp_sgd_event(sample_rate=0.02, noise_multiplier=1.5, steps=100)] * 2
+    worst = accounting.dp_sgd_event(sample_rate=0.05, noise_multiplier=1.5, steps=600)
+    expected = accounting.repeat_and_select_epsilon(
+        [worst], distribution=plan.distribution, delta=1e-5
+    )
+    assert plan.search_epsilon(drawn).epsilon == pytest.approx(expected, rel=1e-9)
