@@ -3,7 +3,7 @@
 from spaces.distributions import IntUniform, LogUniform
 from spaces.registry import SearchSpace, register_space
 
-register_space(
+SPACE = register_space(
     SearchSpace(
         name="fmnist_quick",
         description="Quickstart: Tramèr & Boneh CNN on Fashion-MNIST, 1-3 epochs, ε=3 per trial.",
