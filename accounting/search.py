@@ -202,26 +202,106 @@ def repeat_and_select_epsilon(
     if len(distinct) == 1:
         event = dp_event.RepeatAndSelectDpEvent(distinct[0], distribution.mean, distribution.shape)
         return epsilon(event, delta=delta, accountant="rdp")
-    orders, rdp = _pointwise_max_rdp(distinct)
-    with _quiet_dp_accounting():
-        selected = rdp_lib._compute_rdp_repeat_and_select(
-            orders, rdp, distribution.mean, distribution.shape
-        )
-        value, _ = rdp_lib.compute_epsilon(orders, selected, delta)
-    return float(value)
+    return repeat_and_select_curve(distinct, distribution=distribution).epsilon(delta)
 
 
 def _pointwise_max_rdp(events: Sequence[dp_event.DpEvent]) -> tuple[np.ndarray, np.ndarray]:
     """The RDP curve max_i RDP_i(α) over the accountant's default orders α."""
-    curves = []
-    for event in events:
+    curves = [RdpCurve.of(event) for event in events]
+    return curves[0].orders, np.max(np.stack([c.values for c in curves]), axis=0)
+
+
+@dataclass(frozen=True, eq=False)
+class RdpCurve:
+    """A mechanism's RDP curve ε_α over dp_accounting's default orders α.
+
+    Composition adds curves (what `RdpAccountant.compose` does internally), so the ε of any
+    subset of trials costs one vector sum and one conversion instead of re-running the
+    accountant: the results layer sweeps many subsets of a search this way.
+    """
+
+    orders: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, event: dp_event.DpEvent) -> RdpCurve:
         accountant = rdp_lib.RdpAccountant()
         with _quiet_dp_accounting():
             accountant.compose(event)
         # NOTE: RdpAccountant keeps its curve private; these two attributes are the whole state.
-        curves.append(np.asarray(accountant._rdp, dtype=np.float64))
-        orders = np.asarray(accountant._orders, dtype=np.float64)
-    return orders, np.max(np.stack(curves), axis=0)
+        return cls(
+            np.asarray(accountant._orders, dtype=np.float64),
+            np.asarray(accountant._rdp, dtype=np.float64),
+        )
+
+    @classmethod
+    def zero(cls) -> RdpCurve:
+        orders = np.asarray(rdp_lib.RdpAccountant()._orders, dtype=np.float64)
+        return cls(orders, np.zeros_like(orders))
+
+    def __add__(self, other: RdpCurve) -> RdpCurve:
+        """The curve of running both mechanisms (composition)."""
+        if not np.array_equal(self.orders, other.orders):
+            raise AccountingError("RDP curves over different orders cannot be composed.")
+        return RdpCurve(self.orders, self.values + other.values)
+
+    def epsilon(self, delta: float) -> float:
+        """ε at `delta`, by the same conversion `RdpAccountant.get_epsilon` uses."""
+        _check_delta(delta)
+        if not np.any(self.values):
+            return 0.0
+        with _quiet_dp_accounting():
+            value, _ = rdp_lib.compute_epsilon(self.orders, self.values, delta)
+        return float(value)
+
+
+def repeat_and_select_curve(
+    candidates: Sequence[dp_event.DpEvent], *, distribution: TrialsDistribution
+) -> RdpCurve:
+    """The RDP curve of a random-stopping search over `candidates` (see
+    `repeat_and_select_epsilon`): it composes with other searches by `+`."""
+    live = [e for e in candidates if not isinstance(e, dp_event.NoOpDpEvent)]
+    if not live:
+        return RdpCurve.zero()
+    orders, rdp = _pointwise_max_rdp(live)
+    with _quiet_dp_accounting():
+        selected = rdp_lib._compute_rdp_repeat_and_select(
+            orders, rdp, distribution.mean, distribution.shape
+        )
+    return RdpCurve(orders, np.asarray(selected, dtype=np.float64))
+
+
+def plan_search_epsilon(plan: dict, trial_events: Sequence[dp_event.DpEvent]) -> SearchEpsilon:
+    """The search ε of a saved plan (`search.json` as a dict) given each trial's executed event.
+
+    Random stopping bounds the RDP of *any* candidate the random search could draw, not only
+    the drawn ones: with a planned σ the space's worst case (largest q, most steps) joins the
+    candidates, so the bound is the one the plan was calibrated for.
+    """
+    candidates = list(trial_events)
+    if plan["mode"] == "random-stopping" and plan.get("noise_multiplier") is not None:
+        candidates.append(plan_worst_case_event(plan))
+    return search_epsilon(
+        candidates, mode=plan["mode"], delta=plan["delta"], distribution=plan_distribution(plan)
+    )
+
+
+def plan_distribution(plan: dict) -> TrialsDistribution | None:
+    """The distribution K was drawn from, for a random-stopping plan (else None)."""
+    if plan["mode"] != "random-stopping":
+        return None
+    return TrialsDistribution(
+        kind=plan["trials_distribution"], mean=plan["trials_mean"], eta=plan.get("eta")
+    )
+
+
+def plan_worst_case_event(plan: dict) -> dp_event.DpEvent:
+    """The mechanism of the costliest trial a planned (budgeted) search could run."""
+    return dp_sgd_event(
+        sample_rate=plan["worst_sample_rate"],
+        noise_multiplier=plan["noise_multiplier"],
+        steps=plan["worst_steps"],
+    )
 
 
 # --- planning -------------------------------------------------------------------------------

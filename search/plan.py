@@ -57,31 +57,12 @@ class SearchPlan:
 
     @property
     def distribution(self) -> accounting.TrialsDistribution | None:
-        if self.mode != "random-stopping":
-            return None
-        return accounting.TrialsDistribution(
-            kind=self.trials_distribution, mean=self.trials_mean, eta=self.eta
-        )
+        return accounting.plan_distribution(asdict(self))
 
     def search_epsilon(self, trial_events: list) -> accounting.SearchEpsilon:
-        """The search ε of this plan given each trial's executed event (from the ledger).
-
-        Random stopping bounds the RDP of *any* candidate the random search could draw, not
-        only the drawn ones: with a planned σ the space's worst case (largest q, most steps)
-        joins the candidates, so the bound is the one the plan was calibrated for.
-        """
-        candidates = list(trial_events)
-        if self.mode == "random-stopping" and self.noise_multiplier is not None:
-            candidates.append(
-                accounting.dp_sgd_event(
-                    sample_rate=self.worst_sample_rate,
-                    noise_multiplier=self.noise_multiplier,
-                    steps=self.worst_steps,
-                )
-            )
-        return accounting.search_epsilon(
-            candidates, mode=self.mode, delta=self.delta, distribution=self.distribution
-        )
+        """The search ε of this plan given each trial's executed event (from the ledger);
+        see `accounting.plan_search_epsilon`."""
+        return accounting.plan_search_epsilon(asdict(self), trial_events)
 
     def save(self, directory: Path) -> None:
         path = directory / PLAN_FILENAME

@@ -223,7 +223,7 @@ def _run(args) -> int:
         resume=args.resume,
     )
     results = tuner.fit()
-    summary = summarize(plan, experiment_dir, results.get_dataframe())
+    _, markdown = summarize(experiment_dir)
     if results.errors:
         first = str(results.errors[0]).strip().splitlines()[-1][:200]
         print(
@@ -232,8 +232,11 @@ def _run(args) -> int:
             file=sys.stderr,
         )
     print()
-    print(summary.markdown)
-    print(f"Experiment directory: {experiment_dir}")
+    print(markdown)
+    print(
+        f"Experiment directory: {experiment_dir} (tables, frontier.png; re-export with "
+        f"python results/export.py {experiment_dir})"
+    )
     ray.shutdown()
     return 0
 

@@ -21,8 +21,14 @@ from accounting.ledger import LedgerRecord, PrivacyLedger, reserved_events
 from trainers import make_config, train
 
 CHECKPOINT_FILE = "state.pt"
-RESULT_KEYS_DROPPED = ("val_class_accuracy", "test_class_accuracy")
-"""Lists Tune would flatten into one column per class; kept as JSON strings instead."""
+RESULT_KEYS_DROPPED = (
+    "val_class_accuracy",
+    "test_class_accuracy",
+    "val_group_accuracy",
+    "test_group_accuracy",
+)
+"""Lists and dicts Tune would flatten into one column per class or group; kept as JSON
+strings instead (the results layer parses them back)."""
 
 
 def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | None) -> None:

@@ -40,3 +40,16 @@ def test_failed_and_non_private_trials_never_dominate():
         {"epsilon": [1.0, math.inf, math.nan, 2.0], "val_accuracy": [0.5, 0.99, 0.99, math.nan]}
     )
     assert list(pareto_front(frame).index) == [0]
+
+
+statuses = st.sampled_from(["completed", "stopped", "failed", "running"])
+
+
+@given(st.lists(st.tuples(values, st.one_of(st.floats(0, 1), st.just(math.nan)), statuses),
+                max_size=25))  # fmt: skip
+def test_only_completed_trials_enter_and_nothing_else_dominates(rows):
+    frame = pd.DataFrame(rows, columns=["epsilon", "val_accuracy", "status"])
+    front = pareto_front(frame)
+    completed = [(e, a) if s == "completed" else (math.nan, math.nan) for e, a, s in rows]
+    assert set(front.index) == brute_force(completed)
+    assert set(front["status"]) <= {"completed"}

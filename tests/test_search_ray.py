@@ -67,11 +67,18 @@ def test_composition_search_with_budget_and_asha(tmp_path):
     # The budget holds, recomputed from the ledger alone.
     spent = ledger_epsilon(directory, plan)
     assert 0 < spent <= 8.0
-    assert "Search ε = **" in result.stdout and "DP release" in result.stdout
+    assert "search ε = **" in result.stdout and "DP release" in result.stdout
     assert (directory / "pareto.csv").exists() and (directory / "optuna_journal.log").exists()
     assert list(directory.glob("dp_trial_*/events.out.tfevents.*"))  # TensorBoard logs kept
     markdown = (directory / "pareto.md").read_text()
     assert "analyst-only" in markdown and f"{accounting.round_up(spent, 3):g}" in markdown
+    # The end of the search wrote every export; the search-adjusted table's largest budget
+    # is the whole search's ε, and no row spends more than its budget.
+    for name in ("pareto.tex", "results.json", "search_adjusted.csv", "frontier.png"):
+        assert (directory / name).stat().st_size > 0, name
+    adjusted = pd.read_csv(directory / "search_adjusted.csv")
+    assert adjusted["budget"].max() == accounting.round_up(spent, 3)
+    assert (adjusted["search_epsilon"] <= adjusted["budget"]).all()
 
 
 def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
@@ -261,7 +268,7 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     directory = tmp_path / "front"
     trials = pd.read_csv(directory / "trials.csv")
     assert len(trials) == 4
-    assert (trials["trial_epsilon"] <= trials["target_epsilon"] + 1e-9).all()
+    assert (trials["trial_epsilon"] <= trials["config/target_epsilon"] + 1e-9).all()
     plan = json.loads((directory / "search.json").read_text())
     assert plan["noise_multiplier"] is None  # no budget: σ per trial
     assert ledger_epsilon(directory, plan) > trials["trial_epsilon"].max()
@@ -272,6 +279,12 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     )
     study = optuna.load_study(study_name="fmnist_frontier", storage=storage)
     assert len(study.directions) == 2  # accuracy and ε
+    # The results layer matches every Tune trial to its Optuna trial.
+    import results
+
+    loaded = results.load_experiment(directory).trials
+    assert sorted(loaded["optuna_number"]) == [0, 1, 2, 3]
+    assert set(loaded["optuna_state"]) == {"complete"}
 
 
 def test_random_stopping_plan_bounds_every_candidate_the_space_could_draw():

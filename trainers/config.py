@@ -47,6 +47,9 @@ class TrainConfig:
     """Synthetic data set only: image channels."""
     synthetic_classes: int = 10
     """Synthetic data set only: number of classes."""
+    synthetic_groups: int = 0
+    """Synthetic data set only: give every example a `group` (0 = none); group g's images carry
+    more noise as g grows, so groups differ in difficulty like sub-populations of real data."""
 
     # --- model ---
     model: str = "tramer_boneh_cnn"
@@ -134,6 +137,7 @@ def _validate(c: TrainConfig) -> None:
         f"synthetic_channels must be 1 or 3 (got {c.synthetic_channels}).",
     )
     need(c.synthetic_classes >= 2, f"synthetic_classes must be ≥ 2 (got {c.synthetic_classes}).")
+    need(c.synthetic_groups >= 0, f"synthetic_groups must be ≥ 0 (got {c.synthetic_groups}).")
     need(
         c.image_size is None or c.image_size >= 8,
         f"image_size must be ≥ 8 or unset (got {c.image_size}).",

@@ -44,6 +44,13 @@ class Splits:
     """Per-channel mean of the training images in [0, 1] (for normalisation)."""
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    group_names: tuple[str, ...] = ()
+    """Names of the values of the examples' `group` attribute (e.g. sex, an age bucket); empty
+    when the data set has no groups."""
+    validation_groups: torch.Tensor | None = None
+    """Group index of every validation example (aligned with `validation`), or None."""
+    test_groups: torch.Tensor | None = None
+    """Group index of every test example (aligned with `test`), or None."""
 
 
 def load_splits(config: TrainConfig) -> Splits:
@@ -54,7 +61,10 @@ def load_splits(config: TrainConfig) -> Splits:
         "cifar100": lambda c: _load_cifar(c, 100),
         "synthetic": _load_synthetic,
     }
-    train_x, train_y, test_x, test_y, class_names = loaders[config.dataset](config)
+    loaded = loaders[config.dataset](config)
+    train_x, train_y, test_x, test_y, class_names = loaded[:5]
+    # Loaders of data sets with a group attribute add (train groups, test groups, names).
+    train_g, test_g, group_names = loaded[5] if len(loaded) > 5 else (None, None, ())
 
     n_total = len(train_x)
     if config.validation_size >= n_total:
@@ -80,6 +90,9 @@ def load_splits(config: TrainConfig) -> Splits:
         mean=tuple(pixels.mean(dim=1).tolist()),
         std=tuple(pixels.std(dim=1).clamp_min(1e-3).tolist()),
         class_names=tuple(class_names),
+        group_names=tuple(group_names),
+        validation_groups=train_g[val_idx] if train_g is not None and n_val else None,
+        test_groups=test_g,
     )
 
 
@@ -207,13 +220,24 @@ def _load_synthetic(config: TrainConfig):
     k, c, s = config.synthetic_classes, config.synthetic_channels, config.synthetic_image_size
     prototypes = (torch.rand(k, c, s, s, generator=gen) > 0.5).float()  # high-contrast patterns
 
+    # Groups come from their own generator, so data sets without groups stay unchanged.
+    group_gen = torch.Generator().manual_seed(4321)
+
     def make(n: int):
         labels = torch.randint(0, k, (n,), generator=gen)
         noise = torch.randn(n, c, s, s, generator=gen) * 0.35
+        groups = None
+        if config.synthetic_groups:
+            groups = torch.randint(0, config.synthetic_groups, (n,), generator=group_gen)
+            noise = noise * (1.0 + 0.75 * groups.float()).view(n, 1, 1, 1)
         images = (prototypes[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
-        return images, labels
+        return images, labels, groups
 
     n_train = config.synthetic_examples + config.validation_size
-    train_x, train_y = make(n_train)
-    test_x, test_y = make(max(config.synthetic_examples // 4, k))
-    return train_x, train_y, test_x, test_y, tuple(f"class_{i}" for i in range(k))
+    train_x, train_y, train_g = make(n_train)
+    test_x, test_y, test_g = make(max(config.synthetic_examples // 4, k))
+    class_names = tuple(f"class_{i}" for i in range(k))
+    if not config.synthetic_groups:
+        return train_x, train_y, test_x, test_y, class_names
+    group_names = tuple(f"group_{g}" for g in range(config.synthetic_groups))
+    return train_x, train_y, test_x, test_y, class_names, (train_g, test_g, group_names)

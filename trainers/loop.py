@@ -147,7 +147,13 @@ def train(
                 _prefixed(
                     "val",
                     evaluate(
-                        model, splits.validation, prepare, config, num_classes=splits.num_classes
+                        model,
+                        splits.validation,
+                        prepare,
+                        config,
+                        num_classes=splits.num_classes,
+                        groups=splits.validation_groups,
+                        group_names=splits.group_names,
                     ),
                 )
             )
@@ -155,7 +161,15 @@ def train(
             metrics.update(
                 _prefixed(
                     "test",
-                    evaluate(model, splits.test, prepare, config, num_classes=splits.num_classes),
+                    evaluate(
+                        model,
+                        splits.test,
+                        prepare,
+                        config,
+                        num_classes=splits.num_classes,
+                        groups=splits.test_groups,
+                        group_names=splits.group_names,
+                    ),
                 )
             )
         log.info(
@@ -379,13 +393,25 @@ class _BatchPreparer:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: TensorDataset, prepare, config: TrainConfig, *, num_classes: int
+    model: nn.Module,
+    dataset: TensorDataset,
+    prepare,
+    config: TrainConfig,
+    *,
+    num_classes: int,
+    groups: torch.Tensor | None = None,
+    group_names: tuple[str, ...] = (),
 ) -> dict:
-    """Accuracy, mean loss and per-class accuracy (None for a class with no examples)."""
+    """Accuracy, mean loss, per-class accuracy and, when `groups` gives each example's group,
+    per-group accuracy (`group_accuracy`: group name → accuracy; None for an empty group).
+
+    Only aggregates leave this function: no example or label is ever reported.
+    """
     model.eval()
     images, labels = dataset.tensors
     correct = torch.zeros(num_classes, dtype=torch.long)
     counts = torch.bincount(labels, minlength=num_classes)
+    hits_all = torch.zeros(len(labels), dtype=torch.bool)
     loss_sum = 0.0
     for start in range(0, len(labels), config.eval_batch_size):
         x = prepare(images[start : start + config.eval_batch_size])
@@ -393,15 +419,24 @@ def evaluate(
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         hits = (logits.argmax(dim=1) == y).cpu()
+        hits_all[start : start + len(hits)] = hits
         correct += torch.bincount(y.cpu()[hits], minlength=num_classes)[:num_classes]
     model.train()
     n = max(len(labels), 1)
     per_class = [int(c) / int(k) if k else None for c, k in zip(correct, counts, strict=True)]
-    return {
+    metrics = {
         "accuracy": float(correct.sum()) / n,
         "loss": loss_sum / n,
         "class_accuracy": per_class,
     }
+    if groups is not None:
+        size = torch.bincount(groups, minlength=len(group_names))
+        right = torch.bincount(groups[hits_all], minlength=len(group_names))
+        metrics["group_accuracy"] = {
+            name: int(r) / int(k) if k else None
+            for name, r, k in zip(group_names, right, size, strict=True)
+        }
+    return metrics
 
 
 def _prefixed(prefix: str, values: dict) -> dict:

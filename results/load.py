@@ -1,0 +1,379 @@
+"""An experiment directory → one pandas row per trial.
+
+Sources, in the order they are trusted:
+- `search.json` (the plan): δ, accounting mode, searcher and scheduler. Required.
+- `privacy_ledger.jsonl`: every trial's executed mechanism, hence its ε, and its status. The
+  only source of ε: a trial Tune knows but the ledger does not gets ε = ∞, never a guess.
+- Tune's trial folders (`*/result.json`, `*/params.json`): configuration and metrics.
+- `trials.csv` (written at the end of a search): metrics of trials whose folders are gone.
+- The Optuna journal (`optuna_journal.log`): each trial's Optuna number and state.
+
+Damaged or partial directories load with warnings that name what is missing
+(`Experiment.warnings`, also logged); only a missing plan or a damaged ledger middle line
+(the ε could no longer be trusted) is an error.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import accounting
+from accounting.ledger import LedgerError, LedgerRecord, latest_status
+from results.fairness import add_fairness_columns
+
+log = logging.getLogger(__name__)
+
+PLAN_FILENAME = "search.json"
+TRIALS_FILENAME = "trials.csv"
+OPTUNA_JOURNAL = "optuna_journal.log"
+EPSILON_DIGITS = 3
+"""ε is reported rounded *up* to this many decimals (never down)."""
+
+
+class ExperimentError(ValueError):
+    """An experiment directory that cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class Experiment:
+    """One search: its plan, its ledger and one row per trial (`trials`)."""
+
+    path: Path
+    plan: dict
+    records: list[LedgerRecord]
+    trials: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    name: str = ""
+    """How tables name it (its folder's name; its path when names clash)."""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.path.name
+
+    @property
+    def delta(self) -> float:
+        return float(self.plan["delta"])
+
+    @property
+    def mode(self) -> str:
+        return self.plan["mode"]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether a trial's configuration or fate can depend on other trials' results."""
+        return not (self.plan.get("searcher") == "random" and self.plan.get("scheduler") == "fifo")
+
+    def search(self) -> accounting.SearchEpsilon:
+        """The ε of releasing this search's selected model, recomputed from the ledger.
+
+        A search planned with accounting `none` is composed here: results always show the ε
+        that covers the search."""
+        events = accounting.executed_events(self.records)
+        plan = {**self.plan, "mode": "composition"} if self.mode == "none" else self.plan
+        return accounting.plan_search_epsilon(plan, list(events.values()))
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Load one experiment directory (see the module docstring for what is read)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ExperimentError(f"{path} is not a directory; pass an experiment directory.")
+    warnings: list[str] = []
+    plan = _load_plan(path)
+    records = _load_ledger(path, warnings)
+    tune_rows = _load_tune_results(path, warnings)
+    trials = _trial_table(path, plan, records, tune_rows, warnings)
+    _add_optuna(path, trials, warnings)
+    trials = add_fairness_columns(trials)
+    for message in warnings:
+        log.warning("%s: %s", path.name, message)
+    return Experiment(path=path, plan=plan, records=records, trials=trials, warnings=warnings)
+
+
+def load_experiments(paths: Iterable[str | Path]) -> list[Experiment]:
+    experiments = [load_experiment(p) for p in paths]
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        # Trials are keyed by (experiment, trial_id): name them by their full paths instead.
+        for experiment in experiments:
+            experiment.name = str(experiment.path)
+            experiment.trials["experiment"] = experiment.name
+    return experiments
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def _load_plan(path: Path) -> dict:
+    plan_path = path / PLAN_FILENAME
+    try:
+        plan = json.loads(plan_path.read_text())
+    except FileNotFoundError:
+        raise ExperimentError(
+            f"{path} is not an experiment directory (no {PLAN_FILENAME}); pass the folder "
+            "search/run.py printed as 'Experiment directory'."
+        ) from None
+    except (OSError, ValueError) as error:
+        raise ExperimentError(
+            f"{plan_path} is damaged ({error}); restore it from a backup: without it δ and the "
+            "accounting mode of the search are unknown."
+        ) from None
+    missing = {"mode", "delta"} - set(plan) if isinstance(plan, dict) else {"mode", "delta"}
+    if missing:
+        raise ExperimentError(
+            f"{plan_path} lacks {', '.join(sorted(missing))}; restore it from a backup."
+        )
+    return plan
+
+
+def _load_ledger(path: Path, warnings: list[str]) -> list[LedgerRecord]:
+    ledger = path / accounting.LEDGER_FILENAME
+    if not ledger.exists():
+        warnings.append(
+            f"no privacy ledger ({accounting.LEDGER_FILENAME}): every trial's ε is unknown (∞)"
+        )
+        return []
+    torn = _TornLineCounter()
+    logging.getLogger("accounting.ledger").addHandler(torn)
+    try:
+        records = accounting.read_ledger(ledger)
+    except LedgerError as error:
+        raise ExperimentError(str(error)) from None
+    finally:
+        logging.getLogger("accounting.ledger").removeHandler(torn)
+    for message in torn.messages:
+        warnings.append(f"{message} (that report's steps are not counted)")
+    return records
+
+
+class _TornLineCounter(logging.Handler):
+    """Collects the ledger reader's warnings about torn lines into the experiment's warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _load_tune_results(path: Path, warnings: list[str]) -> dict[str, dict]:
+    """trial_id → {"config": …, metrics of the last parseable report, "failed": bool}."""
+    rows: dict[str, dict] = {}
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        result_file = folder / "result.json"
+        if not result_file.exists() and not (folder / "params.json").exists():
+            continue  # not a trial folder (Ray's own state, a checkpoint store)
+        last, damaged = None, 0
+        if result_file.exists():
+            for line in result_file.read_text(errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    damaged += 1
+        if damaged:
+            warnings.append(f"{folder.name}/result.json: {damaged} unreadable line(s) skipped")
+        if last is None:
+            warnings.append(f"trial folder {folder.name} has no results (it never reported)")
+            continue
+        trial_id = str(last.get("trial_id") or folder.name)
+        config = last.get("config")
+        if not isinstance(config, dict):
+            config = _read_json(folder / "params.json") or {}
+        rows[trial_id] = {**last, "config": config, "failed": (folder / "error.txt").exists()}
+    return rows
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- the table ------------------------------------------------------------------------------
+
+METRIC_COLUMNS = (
+    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "val_class_accuracy",
+    "test_class_accuracy", "val_group_accuracy", "test_group_accuracy", "epoch", "node_id",
+)  # fmt: skip
+"""Metrics taken from a trial's last report."""
+BASE_COLUMNS = (
+    "experiment", "trial_id", "status", "trial_epsilon", "steps", "sample_rate",
+    "noise_multiplier", "first_report_time", "end_time", "val_accuracy", "test_accuracy",
+)  # fmt: skip
+TEXT_COLUMNS = ("experiment", "trial_id", "status")
+LIST_COLUMNS = ("val_class_accuracy", "test_class_accuracy")
+DICT_COLUMNS = ("val_group_accuracy", "test_group_accuracy")
+
+
+def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
+    events = accounting.executed_events(records)
+    statuses = latest_status(records)
+    first_report, last_record = _times(records)
+    ids = sorted(set(events) | set(statuses) | set(tune_rows))
+    fallback = _load_trials_csv(path, warnings)
+
+    rows = []
+    for trial_id in ids:
+        tune = tune_rows.get(trial_id, {})
+        row: dict = {"experiment": path.name, "trial_id": trial_id}
+        if trial_id in events:
+            row["trial_epsilon"] = accounting.epsilon(events[trial_id], delta=plan["delta"])
+            row["status"] = statuses[trial_id]
+        else:
+            warnings.append(
+                f"trial {trial_id} has results but no privacy-ledger records: its ε is unknown "
+                "and counted as ∞"
+            )
+            row["trial_epsilon"] = math.inf
+            row["status"] = "failed" if tune.get("failed") else _tune_status(tune)
+        last = _last_record(records, trial_id)
+        row.update(
+            steps=last.steps if last else tune.get("steps"),
+            sample_rate=last.sample_rate if last else tune.get("sample_rate"),
+            noise_multiplier=last.noise_multiplier if last else tune.get("noise_multiplier"),
+            first_report_time=first_report.get(trial_id, math.nan),
+            end_time=last_record.get(trial_id, math.nan),
+        )
+        for key, value in (tune.get("config") or {}).items():
+            row[f"config/{key}"] = value
+        for column in METRIC_COLUMNS:
+            if column in tune:
+                row[column] = tune[column]
+        if "val_accuracy" not in row and trial_id in fallback:
+            row.update(fallback[trial_id])
+        if not tune and trial_id not in fallback and row["status"] != "stopped":
+            warnings.append(f"trial {trial_id} is in the ledger but has no results")
+        rows.append(row)
+
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        warnings.append("no trials: the search has not run any")
+    # Every table has these, so later steps need no special case for an empty or a
+    # validation-less search.
+    for column in BASE_COLUMNS:
+        if column not in trials:
+            trials[column] = pd.Series(dtype=object if column in TEXT_COLUMNS else float)
+    trials["trial_epsilon"] = trials["trial_epsilon"].astype(float)
+    # Reported ε rounds up: trials calibrated to one target differ only in far digits and
+    # should tie on the frontier instead of all appearing on it.
+    trials["reported_epsilon"] = trials["trial_epsilon"].map(
+        lambda e: accounting.round_up(e, EPSILON_DIGITS) if math.isfinite(e) else e
+    )
+    trials["private"] = trials["trial_epsilon"].map(math.isfinite)
+    for column in ("val_accuracy", "test_accuracy", "val_loss", "test_loss"):
+        if column in trials:
+            trials[column] = pd.to_numeric(trials[column], errors="coerce")
+    for column in LIST_COLUMNS + DICT_COLUMNS:
+        if column in trials:
+            trials[column] = trials[column].map(_parse_structured)
+    return trials
+
+
+def _tune_status(tune: dict) -> str:
+    if not tune:
+        return "failed"
+    return "completed" if tune.get("done") else "stopped"
+
+
+def _last_record(records: list[LedgerRecord], trial_id: str) -> LedgerRecord | None:
+    mine = [r for r in records if r.trial_id == trial_id]
+    return max(mine, key=lambda r: (r.steps, r.time)) if mine else None
+
+
+def _times(records: list[LedgerRecord]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per trial: the time of its first report (a record with steps beyond its start — a
+    reservation carries no information from the data) and of its last record."""
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for record in records:
+        if record.steps > record.start_steps:
+            first[record.trial_id] = min(first.get(record.trial_id, math.inf), record.time)
+        last[record.trial_id] = max(last.get(record.trial_id, -math.inf), record.time)
+    return first, last
+
+
+def _load_trials_csv(path: Path, warnings: list[str]) -> dict[str, dict]:
+    csv = path / TRIALS_FILENAME
+    if not csv.exists():
+        return {}
+    try:
+        table = pd.read_csv(csv)
+    except (OSError, ValueError, pd.errors.ParserError) as error:
+        warnings.append(f"{TRIALS_FILENAME} is unreadable ({error}); ignored")
+        return {}
+    if "trial_id" not in table:
+        warnings.append(f"{TRIALS_FILENAME} has no trial_id column; ignored")
+        return {}
+    keep = [c for c in METRIC_COLUMNS if c in table]
+    return {
+        str(row["trial_id"]): {c: row[c] for c in keep if not _missing(row[c])}
+        for _, row in table.iterrows()
+    }
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _parse_structured(value):
+    """Lists and dicts that travelled through Tune or CSV as strings, back to objects."""
+    if isinstance(value, (list, dict)) or _missing(value):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+
+
+def _add_optuna(path: Path, trials: pd.DataFrame, warnings: list[str]) -> None:
+    """Each trial's Optuna number and state, matched on the searched parameters."""
+    journal = path / OPTUNA_JOURNAL
+    if not journal.exists() or trials.empty:
+        return
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))
+        )
+        studies = optuna.get_all_study_summaries(storage)
+        study_trials = [
+            t
+            for s in studies
+            for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+        ]
+    except Exception as error:  # noqa: BLE001 - a damaged journal must not stop the load
+        warnings.append(f"{OPTUNA_JOURNAL} is unreadable ({type(error).__name__}); ignored")
+        return
+    numbers, states = [], []
+    for _, row in trials.iterrows():
+        match = next(
+            (
+                t
+                for t in study_trials
+                if t.params and all(row.get(f"config/{k}") == v for k, v in t.params.items())
+            ),
+            None,
+        )
+        numbers.append(match.number if match else None)
+        states.append(match.state.name.lower() if match else None)
+    trials["optuna_number"] = pd.array(numbers, dtype="Int64")
+    trials["optuna_state"] = states
