@@ -103,13 +103,26 @@ def epsilon(event: dp_event.DpEvent, *, delta: float, accountant: str = "rdp") -
     """ε of `event` at `delta` with the chosen accountant (an upper bound, never rounded down)."""
     _check_delta(delta)
     _check_accountant(accountant)
+    # Events are immutable values and their repr spells out every parameter: a search's
+    # report asks for the same trials' ε many times.
+    key = (repr(event), float(delta), accountant)
+    if key in _EPSILON_CACHE:
+        return _EPSILON_CACHE[key]
     acc = _make_accountant(accountant)
     if not acc.supports(event):
         raise AccountingError(
             f"the {accountant} accountant cannot express this mechanism; use accountant=rdp."
         )
     with _quiet_dp_accounting():
-        return float(acc.compose(event).get_epsilon(delta))
+        value = float(acc.compose(event).get_epsilon(delta))
+    if len(_EPSILON_CACHE) > _CACHE_SIZE:
+        _EPSILON_CACHE.clear()
+    _EPSILON_CACHE[key] = value
+    return value
+
+
+_EPSILON_CACHE: dict[tuple, float] = {}
+_CACHE_SIZE = 20_000
 
 
 def calibrate_noise_multiplier(

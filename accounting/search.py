@@ -160,10 +160,18 @@ def search_epsilon(
         # so random stopping is accounted with RDP whatever was asked; `accountant` in the
         # result says which was used.
         accountant = "rdp"
-    trial_epsilons = [epsilon(event, delta=delta, accountant=accountant) for event in trials]
+    if accountant == "rdp":
+        # RDP composes by adding curves (what RdpAccountant does for a ComposedDpEvent); the
+        # per-event curves are cached, so a long search costs one curve per distinct trial.
+        curves = [RdpCurve.of(event) for event in trials]
+        trial_epsilons = [curve.epsilon(delta) for curve in curves]
+    else:
+        trial_epsilons = [epsilon(event, delta=delta, accountant=accountant) for event in trials]
     max_trial = max(trial_epsilons, default=0.0)
     if mode == "none":
         value = max_trial
+    elif mode == "composition" and accountant == "rdp":
+        value = sum(curves, RdpCurve.zero()).epsilon(delta)
     elif mode == "composition":
         value = epsilon(dp_event.ComposedDpEvent(list(trials)), delta=delta, accountant=accountant)
     else:
@@ -223,16 +231,25 @@ class RdpCurve:
     orders: np.ndarray
     values: np.ndarray
 
+    def __post_init__(self) -> None:
+        for array in (self.orders, self.values):
+            array.setflags(write=False)  # shared through the cache below: never mutate
+
     @classmethod
     def of(cls, event: dp_event.DpEvent) -> RdpCurve:
-        accountant = rdp_lib.RdpAccountant()
-        with _quiet_dp_accounting():
-            accountant.compose(event)
-        # NOTE: RdpAccountant keeps its curve private; these two attributes are the whole state.
-        return cls(
-            np.asarray(accountant._orders, dtype=np.float64),
-            np.asarray(accountant._rdp, dtype=np.float64),
-        )
+        key = repr(event)  # events are immutable; their repr spells out every parameter
+        if key not in _CURVE_CACHE:
+            accountant = rdp_lib.RdpAccountant()
+            with _quiet_dp_accounting():
+                accountant.compose(event)
+            # NOTE: RdpAccountant keeps its curve private; these two attributes are its state.
+            if len(_CURVE_CACHE) > 20_000:
+                _CURVE_CACHE.clear()
+            _CURVE_CACHE[key] = cls(
+                np.array(accountant._orders, dtype=np.float64),
+                np.array(accountant._rdp, dtype=np.float64),
+            )
+        return _CURVE_CACHE[key]
 
     @classmethod
     def zero(cls) -> RdpCurve:
@@ -253,6 +270,9 @@ class RdpCurve:
         with _quiet_dp_accounting():
             value, _ = rdp_lib.compute_epsilon(self.orders, self.values, delta)
         return float(value)
+
+
+_CURVE_CACHE: dict[str, RdpCurve] = {}
 
 
 def repeat_and_select_curve(

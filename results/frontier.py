@@ -32,6 +32,8 @@ import accounting
 from results.load import EPSILON_DIGITS, Experiment
 
 RULES = ("skip", "stop-time", "random-stopping")
+SKIP_GRID = 48
+MAX_LEVELS = 12
 
 
 def pareto_front(
@@ -125,12 +127,24 @@ class _Sweep:
         else:
             self.rule = "stop-time" if experiment.adaptive else "skip"
         self._stops = self._stop_points() if self.rule == "stop-time" else None
+        self._candidates: list[_Release] | None = None
+        self._whole: float | None = None
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> _Sweep:
+        """One sweep per experiment, reused by every table of a report."""
+        sweep = experiment.__dict__.get("_sweep")
+        if sweep is None:
+            sweep = experiment.__dict__["_sweep"] = cls(experiment)
+        return sweep
 
     # each rule ------------------------------------------------------------------------------
 
     def release(self, budget: float) -> _Release:
         if self.rule == "random-stopping":
-            spent = self.experiment.search().epsilon
+            if self._whole is None:
+                self._whole = self.experiment.search().epsilon
+            spent = self._whole
             if spent <= budget:
                 return _Release(spent, sum(t.spent for t in self.trials), self._best(self.trials))
             return _Release(0.0, 0, None)
@@ -154,14 +168,21 @@ class _Sweep:
     def _stop_points(self) -> list[_Release]:
         """One release per moment a trial completes, in time order (ε never decreases)."""
         moments = sorted({t.end for t in self.trials if t.completed})
+        by_report = iter(self.trials)  # sorted by first report
+        by_end = iter(sorted((t for t in self.trials if t.completed), key=lambda t: t.end))
+        pending_report, pending_end = next(by_report, None), next(by_end, None)
+        total, covered, best = accounting.RdpCurve.zero(), 0, None
         stops = []
         for moment in moments:
-            seen = [t for t in self.trials if t.first_report <= moment]
-            total = sum((t.curve for t in seen), accounting.RdpCurve.zero())
-            done = [t for t in self.trials if t.completed and t.end <= moment]
-            stops.append(
-                _Release(total.epsilon(self.delta), sum(t.spent for t in seen), self._best(done))
-            )
+            while pending_report is not None and pending_report.first_report <= moment:
+                total = total + pending_report.curve
+                covered += pending_report.spent
+                pending_report = next(by_report, None)
+            while pending_end is not None and pending_end.end <= moment:
+                if best is None or pending_end.val_accuracy > best.val_accuracy:
+                    best = pending_end
+                pending_end = next(by_end, None)
+            stops.append(_Release(total.epsilon(self.delta), covered, best and best.index))
         return stops
 
     @staticmethod
@@ -172,17 +193,30 @@ class _Sweep:
     # what a frontier point costs ------------------------------------------------------------
 
     def candidate_releases(self) -> list[_Release]:
-        """The releases of every distinct budget the rule can tell apart."""
-        if self.rule == "stop-time":
-            return list(self._stops)
-        if self.rule == "random-stopping":
-            return [self.release(math.inf)]
-        budgets = {t.curve.epsilon(self.delta) for t in self.trials}
-        total = accounting.RdpCurve.zero()
+        """The releases at the budgets the rule tells apart: every stop (stop-time), the one
+        bound (random stopping), or, for the skip rule, each trial's own ε and the ε of every
+        launch-order prefix — at most `SKIP_GRID` of them, evenly spread, as each costs a pass
+        over the trials (a coarser grid can only overstate what a release costs)."""
+        if self._candidates is None:
+            if self.rule == "stop-time":
+                self._candidates = list(self._stops)
+            elif self.rule == "random-stopping":
+                self._candidates = [self.release(math.inf)]
+            else:
+                self._candidates = [self._skip(b) for b in self._skip_grid()]
+        return self._candidates
+
+    def _skip_grid(self) -> list[float]:
+        own = {t.curve.epsilon(self.delta) for t in self.trials}
+        prefixes, total = [], accounting.RdpCurve.zero()
         for trial in self.trials:
             total = total + trial.curve
-            budgets.add(total.epsilon(self.delta))
-        return [self._skip(b) for b in sorted(b for b in budgets if math.isfinite(b))]
+            prefixes.append(total.epsilon(self.delta))
+        grid = sorted({b for b in (*prefixes, *own) if math.isfinite(b)})
+        if len(grid) > SKIP_GRID:
+            step = (len(grid) - 1) / (SKIP_GRID - 1)
+            grid = [grid[round(i * step)] for i in range(SKIP_GRID)]
+        return grid
 
 
 def _infinite_curve() -> accounting.RdpCurve:
@@ -198,16 +232,33 @@ RELEASE_COLUMNS = (
 
 
 def default_budgets(experiments: Sequence[Experiment]) -> list[float]:
-    """The trial-ε levels present (completed private trials) and each search's whole ε."""
+    """The trial-ε levels present (completed private trials; when there are at most
+    `MAX_LEVELS`), each search's whole ε, and every search ε at which the released model gets
+    better (the steps of the frontier)."""
     budgets = set()
     for experiment in experiments:
         trials = experiment.trials
         done = trials[(trials["status"] == "completed") & trials["private"].astype(bool)]
-        budgets.update(float(e) for e in done["reported_epsilon"] if _finite(e))
-        whole = _Sweep(experiment).release(math.inf).epsilon
+        levels = {float(e) for e in done["reported_epsilon"] if _finite(e)}
+        if len(levels) <= MAX_LEVELS:  # a few targets (1, 2, 4, 8), not a σ searched freely
+            budgets.update(levels)
+        sweep = _Sweep.of(experiment)
+        whole = sweep.release(math.inf).epsilon
         if 0 < whole < math.inf:
             budgets.add(accounting.round_up(whole, EPSILON_DIGITS))
-    return sorted(budgets)
+        best = -math.inf
+        for release in sorted(sweep.candidate_releases(), key=lambda r: r.epsilon):
+            accuracy = _released_accuracy(experiment, release)
+            if accuracy > best:  # a step of the frontier: a better model for more ε
+                budgets.add(accounting.round_up(release.epsilon, EPSILON_DIGITS))
+                best = accuracy
+    return sorted(b for b in budgets if 0 < b < math.inf)
+
+
+def _released_accuracy(experiment: Experiment, release: _Release) -> float:
+    if release.chosen is None:
+        return -math.inf
+    return float(experiment.trials.at[release.chosen, "val_accuracy"])
 
 
 def search_adjusted_frontier(
@@ -231,7 +282,7 @@ def search_adjusted_frontier(
             raise ValueError(f"a budget ε must be positive (got {budget}).")
     rows = []
     for experiment in experiments:
-        sweep = _Sweep(experiment)
+        sweep = _Sweep.of(experiment)
         for budget in budgets:
             rows.append(_row(experiment, sweep, budget, sweep.release(budget)))
     table = pd.DataFrame(rows, columns=_COLUMNS)
@@ -271,7 +322,7 @@ def search_epsilon_to_release(experiment: Experiment, frontier: pd.DataFrame) ->
     """For each frontier row of `experiment`: the smallest search ε at which the experiment's
     rule releases a model at least as accurate (on validation) — what that point really costs.
     ∞ when no budget releases it (e.g. a non-private trial)."""
-    releases = _Sweep(experiment).candidate_releases()
+    releases = _Sweep.of(experiment).candidate_releases()
     trials = experiment.trials
 
     def cost(accuracy: float) -> float:

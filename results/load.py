@@ -229,7 +229,8 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
         tune = tune_rows.get(trial_id, {})
         row: dict = {"experiment": path.name, "trial_id": trial_id}
         if trial_id in events:
-            row["trial_epsilon"] = accounting.epsilon(events[trial_id], delta=plan["delta"])
+            # RDP, as the search accounts; via the curve the frontier sweep reuses.
+            row["trial_epsilon"] = accounting.RdpCurve.of(events[trial_id]).epsilon(plan["delta"])
             row["status"] = statuses[trial_id]
         else:
             warnings.append(
