@@ -58,6 +58,9 @@ class LedgerRecord:
     """Steps the trial will take if it runs to the end (reserved while it is running)."""
     time: float = field(default_factory=time.time)
     """Unix time of the record."""
+    simulated: bool = False
+    """A TAN simulation (a cheap stand-in for a larger-batch run); its steps count all the
+    same: it read the data."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

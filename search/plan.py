@@ -139,6 +139,12 @@ def make_plan(
 
     noise_multiplier = None
     if budget_epsilon is not None:
+        if base.tan_reference_batch is not None or "tan_reference_batch" in searched:
+            raise SearchError(
+                "TAN trials scale σ down with their batch and spend more than a budget plans "
+                "for; run the TAN search without --target-epsilon, then the final run at the "
+                "reference batch with it."
+            )
         if not base.private:
             raise SearchError(
                 "--target-epsilon budgets a private search; drop --set private=false."
@@ -197,5 +203,7 @@ def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, i
     batches = [int(b) for b in values("batch_size")]
     epochs = max(int(e) for e in values("epochs"))
     worst_q = max(1.0 / math.ceil(n_train / b) for b in batches)
-    worst_t = epochs * max(math.ceil(n_train / b) for b in batches)
+    # TAN trials take the steps of their reference batch (see trainers.planned_steps).
+    step_batches = [int(b) for b in values("tan_reference_batch") if b] or batches
+    worst_t = epochs * max(math.ceil(n_train / b) for b in step_batches)
     return worst_q, worst_t

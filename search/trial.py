@@ -18,7 +18,7 @@ import torch
 
 import accounting
 from accounting.ledger import LedgerRecord, PrivacyLedger, reserved_events
-from trainers import make_config, train
+from trainers import make_config, planned_steps, train
 
 CHECKPOINT_FILE = "state.pt"
 RESULT_KEYS_DROPPED = (
@@ -42,6 +42,8 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
     cpus = context.get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     ledger = PrivacyLedger(Path(experiment_dir) / accounting.LEDGER_FILENAME)
+    # Head-only trials share backbone features through the experiment directory.
+    config = {"feature_cache_dir": str(Path(experiment_dir) / "feature_cache"), **config}
     train_config = make_config(config)
     attempt = uuid.uuid4().hex[:12]
 
@@ -85,10 +87,6 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
         raise
 
 
-def _planned_steps(config, sample_rate: float) -> int:
-    return config.epochs * round(1 / sample_rate)
-
-
 def _record(trial_id, attempt, metrics, config, status) -> LedgerRecord:
     return LedgerRecord(
         trial_id=trial_id,
@@ -98,7 +96,8 @@ def _record(trial_id, attempt, metrics, config, status) -> LedgerRecord:
         steps=metrics["steps"],
         start_steps=metrics["start_steps"],
         status=status,
-        planned_steps=_planned_steps(config, metrics["sample_rate"]),
+        planned_steps=planned_steps(config, metrics["n_train"]),
+        simulated=bool(metrics.get("tan_simulated", False)),
     )
 
 
@@ -118,7 +117,8 @@ def _reserve(ledger, trial_id, attempt, config, budget, restored_steps) -> bool:
         steps=restored_steps,
         start_steps=restored_steps,
         status="running",
-        planned_steps=_planned_steps(config, sample_rate),
+        planned_steps=planned_steps(config, budget["n_train"]),
+        simulated=config.tan_reference_batch is not None,
     )
 
     def fits(records) -> bool:

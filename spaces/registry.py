@@ -45,10 +45,15 @@ class SearchSpace:
     """Settings every trial of the space shares (trainer config keys → values)."""
     searched: Mapping[str, Distribution] = field(default_factory=dict)
     """Searched hyperparameters (trainer config keys → distributions)."""
+    smoke: Mapping[str, Any] = field(default_factory=dict)
+    """What a smoke run (`python -m trainers --space NAME --smoke`) changes beyond the generic
+    shrinking (tiny synthetic data, random weights, one short epoch): e.g. a small model of the
+    same family where the real one takes minutes per step on a CPU. Same code path."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
         object.__setattr__(self, "searched", MappingProxyType(dict(self.searched)))
+        object.__setattr__(self, "smoke", MappingProxyType(dict(self.smoke)))
         both = set(self.fixed) & set(self.searched)
         if both:
             raise SpaceError(f"space {self.name!r} both fixes and searches {sorted(both)}")

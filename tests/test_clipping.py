@@ -53,7 +53,12 @@ def _dp_step_for(model_name, channels, size, max_grad_norm):
 
 @pytest.mark.parametrize(
     "model_name, channels, size",
-    [("tramer_boneh_cnn", 1, 28), ("test_resnet", 3, 32), ("test_nfnet", 3, 32)],
+    [
+        ("tramer_boneh_cnn", 1, 28),
+        ("test_resnet", 3, 32),
+        ("test_nfnet", 3, 32),
+        ("wrn_10_1", 3, 32),
+    ],  # WRN: weight-standardised convs + GroupNorm
 )
 @pytest.mark.parametrize("batch", [1, 7])
 def test_clipped_sum_matches_microbatch_reference(model_name, channels, size, batch):

@@ -13,15 +13,21 @@ import spaces
 from spaces import Choice, IntUniform, LogUniform, Uniform
 from trainers import TrainConfig, make_config, train
 from trainers.config import config_keys
+from trainers.smoke import smoke_config
 
 from .conftest import tiny
 
 ALL_SPACES = [space.name for space in spaces.list_spaces()]
 
-# Models whose DP steps take minutes on 2 CPU cores run the smoke trial as a small model of
-# the same timm family (same code path: timm creation, BatchNorm swap, weight-standardised
-# convs); test_heavy_space_models_take_a_dp_step checks the real model separately.
-SMOKE_STAND_INS = {"dm_nfnet_f0": "test_nfnet"}
+# The real models of the spaces whose smoke runs use a small sibling (the space's `smoke`):
+# test_heavy_space_models_take_a_dp_step checks each takes a DP step.
+HEAVY_MODELS = sorted(
+    {
+        space.default_config()["model"]
+        for space in spaces.list_spaces()
+        if "model" in space.smoke and space.smoke["model"] != space.default_config()["model"]
+    }
+)
 
 
 def test_the_required_spaces_are_registered():
@@ -64,34 +70,18 @@ class TestSpaceContract:
                 assert dist.contains(values[key]), (key, values[key])
             assert isinstance(make_config(values), TrainConfig)
 
-    def test_runs_one_short_trial_on_synthetic_data(self, name):
-        # The space's own model and settings, shrunk: synthetic data shaped like its data set,
-        # no pretrained weights, a few steps. ε must stay within the trial's target.
-        values = spaces.get_space(name).default_config()
-        channels = 1 if values["dataset"] == "fashion_mnist" else 3
-        values.update(
-            tiny(
-                model=SMOKE_STAND_INS.get(values["model"], values["model"]),
-                synthetic_channels=channels,
-                synthetic_image_size=28 if channels == 1 else 32,
-                synthetic_examples=32,
-                validation_size=8,
-                batch_size=16,
-                max_physical_batch_size=8,
-                epochs=1,
-                delta=1e-5 if values["delta"] < 1 / 32 else values["delta"],
-            )
-        )
-        values.update(pretrained=False, image_size=None, target_epsilon=8.0)
+    def test_runs_in_smoke_mode(self, name, tmp_path):
+        # The space's own recipe and code path, shrunk (trainers.smoke): synthetic data shaped
+        # like its data set, random weights, one short epoch. ε stays within the target.
         reports = []
-        final = train(make_config(values), reports.append)
+        final = train(make_config(smoke_config(name, tmp_path)), reports.append)
         assert len(reports) == 1 and final["done"]
         assert 0 < final["epsilon"] <= 8.0
         assert 0.0 <= final["test_accuracy"] <= 1.0
         assert math.isfinite(final["val_loss"])
 
 
-@pytest.mark.parametrize("model", sorted(SMOKE_STAND_INS))
+@pytest.mark.parametrize("model", HEAVY_MODELS)
 def test_heavy_space_models_take_a_dp_step(model):
     import torch
     from opacus import GradSampleModule

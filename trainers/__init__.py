@@ -1,14 +1,17 @@
 """One DP-SGD trial: `train(config, report)`, a plain loop that runs with or without Ray."""
 
 from trainers.config import TrainConfig, TrainerError, make_config, parse_overrides
-from trainers.loop import Report, evaluate, train
+from trainers.loop import MechanismPlan, Report, evaluate, plan_mechanism, planned_steps, train
 
 __all__ = [
+    "MechanismPlan",
     "Report",
     "TrainConfig",
     "TrainerError",
     "evaluate",
     "make_config",
     "parse_overrides",
+    "plan_mechanism",
+    "planned_steps",
     "train",
 ]

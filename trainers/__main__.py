@@ -17,6 +17,7 @@ import accounting
 import spaces
 from trainers.config import TrainerError, make_config, parse_overrides
 from trainers.loop import train
+from trainers.smoke import smoke_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override one setting, e.g. --set learning_rate=2 --set private=false (repeatable)",
     )
     parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a seconds-long run of the space on tiny synthetic data with random weights "
+        "(same code path; --set still applies on top)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -49,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         space = spaces.get_space(args.space)
-        config = make_config({**space.default_config(), **parse_overrides(args.overrides)})
         out_dir = _prepare_out_dir(args.out)
+        base = smoke_config(space.name, out_dir) if args.smoke else space.default_config()
+        config = make_config({**base, **parse_overrides(args.overrides)})
         history: list[dict[str, Any]] = []
         final = train(config, _LedgerReport(out_dir, history))
     except (spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
@@ -103,6 +111,7 @@ class _LedgerReport:
                 noise_multiplier=metrics["noise_multiplier"],
                 steps=metrics["steps"],
                 status="completed" if metrics["done"] else "running",
+                simulated=bool(metrics.get("tan_simulated", False)),
             )
         )
 

@@ -21,6 +21,8 @@ class TrainerError(ValueError):
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
 OPTIMIZERS = ("sgd", "adam")
+TRAINABLE_LAYERS = ("all", "head", "last_k_blocks", "norms_and_head", "bias_and_head")
+HEAD_INITS = ("auto", "zero", "default")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +78,31 @@ class TrainConfig:
     """Largest batch put through the model at once; logical batches are split to fit memory."""
     epochs: int = 1
     """Passes over the training data: T = epochs · round(N / B) steps."""
+
+    # --- paper recipes (see trainers/augment.py, ema.py, layers.py, features.py) ---
+    augmult: int = 0
+    """Augmentation multiplicity K (De et al. 2022): 0 = no augmentation; K ≥ 1 = K random
+    crop+flip views of every example, their gradients averaged before clipping (one example's
+    sensitivity: privacy as without augmentation). A physical batch holds K× the examples."""
+    ema_decay: float = 0.0
+    """EMA of the parameters, evaluated instead of the last iterate (0 = off; e.g. 0.999)."""
+    ema_evaluate_raw: bool = False
+    """With EMA: also report the last iterate's metrics (`val_accuracy_raw`, …)."""
+    trainable_layers: str = "all"
+    """all, head, last_k_blocks, norms_and_head or bias_and_head (Cattan et al. 2022)."""
+    trainable_blocks: int = 1
+    """last_k_blocks only: how many of the last blocks train."""
+    head_init: str = "auto"
+    """zero, default (the model's own init), or auto: zero unless every layer trains."""
+    feature_cache: bool = True
+    """Head-only trials without augmentation train on backbone features computed once."""
+    feature_cache_dir: str | None = None
+    """Where cached features live (None: ~/.cache/dp-tune/features; a search uses its
+    experiment directory)."""
+    tan_reference_batch: int | None = None
+    """TAN simulation (Sander et al. 2023): run at `batch_size` B with σ = σ0·B/B0 for the
+    steps a batch-B0 run takes, σ0 being that run's noise; tune cheaply, then run B0 for real.
+    The trial still spends what it ran (accounted, labelled simulated)."""
 
     # --- privacy ---
     private: bool = True
@@ -155,6 +182,29 @@ def _validate(c: TrainConfig) -> None:
     )
     need(c.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1 (got {c.eval_batch_size}).")
     need(c.epochs >= 1, f"epochs must be ≥ 1 (got {c.epochs}).")
+    need(c.augmult >= 0, f"augmult must be 0 (off) or a number of views ≥ 1 (got {c.augmult}).")
+    need(
+        0.0 <= c.ema_decay < 1.0,
+        f"ema_decay must lie in [0, 1): 0 is off, 0.999 typical (got {c.ema_decay}).",
+    )
+    need(
+        c.trainable_layers in TRAINABLE_LAYERS,
+        f"unknown trainable_layers {c.trainable_layers!r}; choose one of: "
+        f"{', '.join(TRAINABLE_LAYERS)}.",
+    )
+    need(c.trainable_blocks >= 1, f"trainable_blocks must be ≥ 1 (got {c.trainable_blocks}).")
+    need(
+        c.head_init in HEAD_INITS,
+        f"unknown head_init {c.head_init!r}; choose one of: {', '.join(HEAD_INITS)}.",
+    )
+    need(
+        c.tan_reference_batch is None or c.tan_reference_batch >= 1,
+        f"tan_reference_batch must be ≥ 1 or unset (got {c.tan_reference_batch}).",
+    )
+    need(
+        c.tan_reference_batch is None or c.private,
+        "tan_reference_batch simulates a private run; drop it or set private=true.",
+    )
     need(
         c.max_grad_norm > 0 and math.isfinite(c.max_grad_norm),
         f"max_grad_norm must be a positive number (got {c.max_grad_norm}).",

@@ -12,6 +12,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import accounting
+from trainers.augment import augment_views
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits, load_splits
+from trainers.ema import ParameterEma
+from trainers.features import cache_applies, cached_features
+from trainers.layers import select_trainable, set_frozen_modes
 from trainers.models import build_model, check_pretrained_file
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,7 @@ def train(
 
     Args:
         state: a dict an earlier run passed to `save_state`: training resumes after its epoch
-            with the same model, optimizer, sampler and noise generator states.
+            with the same model, optimizer, sampler, noise, augmentation and EMA states.
         save_state: called with the trial's state after every epoch, before `report` (a
             checkpoint: the Ray wrapper stores it so a restarted trial resumes).
     """
@@ -74,19 +79,28 @@ def train(
         )
 
     image_size = config.image_size or splits.image_size
-    model = build_model(
+    full_model = build_model(
         config, in_channels=splits.channels, num_classes=splits.num_classes, image_size=image_size
     ).to(device)
-    prepare = _BatchPreparer(model, splits, image_size=image_size, device=device, config=config)
+    counts = select_trainable(full_model, config)
+    prepare = _BatchPreparer(
+        full_model, splits, image_size=image_size, device=device, config=config
+    )
+    model, cached = full_model, None
+    if cache_applies(config):
+        cached = cached_features(full_model, splits, prepare, config, device)
+        if cached is not None:
+            # Train the head alone on the frozen backbone's features: same parameters, same
+            # mechanism, a fraction of the compute.
+            model, splits = cached.head, cached.splits
+            prepare = _ToDevice(device)
+            del full_model
     optimizer = _make_optimizer(config, model.parameters())
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    # Opacus's Poisson loader samples each example with q = 1 / (batches per epoch); with
-    # B ∤ N that is slightly below B / N. We account for the q actually used.
-    sample_rate = 1.0 / steps_per_epoch
-    planned_steps = steps_per_epoch * config.epochs
+    mechanism = plan_mechanism(config, n_train)
+    sample_rate, planned_steps = mechanism.sample_rate, mechanism.steps
 
     if config.private:
-        noise_multiplier = _noise_multiplier(config, sample_rate, planned_steps)
+        noise_multiplier = mechanism.noise_multiplier
         step_fn = _DpStep(
             model=model,
             optimizer=optimizer,
@@ -100,10 +114,14 @@ def train(
         step_fn = _NonPrivateStep(
             model=model, optimizer=optimizer, dataset=splits.train, config=config
         )
+    ema = ParameterEma(model, config.ema_decay) if config.ema_decay > 0 else None
+    augment_generator = torch.Generator().manual_seed(config.seed + 3)
     log.info(
-        "training %s on %s: n=%d, q=%.5g, σ=%.4g, C=%g, %d epochs × %d steps, device %s",
+        "training %s on %s: n=%d, q=%.5g, σ=%.4g, C=%g, %d steps (%d per epoch)%s, device %s",
         config.model, config.dataset, n_train, sample_rate, noise_multiplier,
-        config.max_grad_norm, config.epochs, steps_per_epoch, device,
+        config.max_grad_norm, planned_steps, mechanism.steps_per_epoch,
+        f", TAN simulation of batch {config.tan_reference_batch} (σ0="
+        f"{mechanism.tan_reference_noise:.4g})" if mechanism.simulated else "", device,
     )  # fmt: skip
 
     steps, first_epoch = 0, 1
@@ -115,23 +133,35 @@ def train(
             )
         step_fn.load_state_dict(state["step"])
         torch.set_rng_state(state["torch_rng"])  # dropout, drop-path
+        augment_generator.set_state(state["augment_generator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         steps, first_epoch = state["steps"], state["epoch"] + 1
         log.info("resumed after epoch %d (%d steps)", state["epoch"], steps)
     start_steps = steps
     started = time.monotonic()
     metrics: dict[str, Any] = {}
-    for epoch in range(first_epoch, config.epochs + 1):
+    for epoch in range(first_epoch, mechanism.epochs + 1):
         model.train()
+        if cached is None:
+            set_frozen_modes(model, config)
         last_log = time.monotonic()
         train_loss, train_seen = 0.0, 0
         for images, labels in step_fn.batches():
-            loss_sum, n, stepped = step_fn(prepare(images), labels.to(device))
+            if config.augmult:
+                images = augment_views(images, config.augmult, augment_generator)
+            loss_sum, n, stepped = step_fn(prepare(images), labels.to(device), config.augmult)
             train_loss += loss_sum
             train_seen += n
             steps += stepped
+            if stepped and ema is not None:
+                ema.update()
             if time.monotonic() - last_log > _PROGRESS_EVERY_S:
                 log.info("epoch %d: step %d/%d", epoch, steps, planned_steps)
                 last_log = time.monotonic()
+            if stepped and steps >= planned_steps:
+                break  # TAN runs the reference run's steps: its last epoch may be partial
+        done = epoch == mechanism.epochs or steps >= planned_steps
         metrics = {
             "epoch": epoch,
             "steps": steps,
@@ -140,41 +170,39 @@ def train(
             "start_steps": start_steps,
             "n_train": n_train,
             "time_s": time.monotonic() - started,
-            "done": epoch == config.epochs,
+            "done": done,
+            "trainable_parameters": counts["trainable_parameters"],
+            "feature_cache": cached is not None,
         }
+        if mechanism.simulated:
+            metrics.update(
+                tan_simulated=True,
+                tan_reference_batch=config.tan_reference_batch,
+                tan_reference_noise_multiplier=mechanism.tan_reference_noise,
+            )
+
         if splits.validation is not None:
             metrics.update(
-                _prefixed(
+                _evaluate_split(
                     "val",
-                    evaluate(
-                        model,
-                        splits.validation,
-                        prepare,
-                        config,
-                        num_classes=splits.num_classes,
-                        groups=splits.validation_groups,
-                        group_names=splits.group_names,
-                    ),
-                )
+                    model,
+                    splits,
+                    splits.validation,
+                    splits.validation_groups,
+                    prepare,
+                    config,
+                    ema,
+                )  # fmt: skip
             )
-        if epoch == config.epochs:
+        if done:
             metrics.update(
-                _prefixed(
-                    "test",
-                    evaluate(
-                        model,
-                        splits.test,
-                        prepare,
-                        config,
-                        num_classes=splits.num_classes,
-                        groups=splits.test_groups,
-                        group_names=splits.group_names,
-                    ),
+                _evaluate_split(
+                    "test", model, splits, splits.test, splits.test_groups, prepare, config, ema
                 )
             )
         log.info(
             "epoch %d/%d: steps %d, ε %.3g, val acc %s%s",
-            epoch, config.epochs, steps, metrics["epsilon"],
+            epoch, mechanism.epochs, steps, metrics["epsilon"],
             _fmt(metrics.get("val_accuracy")),
             f", test acc {_fmt(metrics['test_accuracy'])}" if "test_accuracy" in metrics else "",
         )  # fmt: skip
@@ -187,11 +215,94 @@ def train(
                     "noise_multiplier": noise_multiplier,
                     "step": step_fn.state_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    "augment_generator": augment_generator.get_state(),
+                    "ema": None if ema is None else ema.state_dict(),
                 }
             )
         report(metrics)
+        if done:
+            break
     step_fn.close()
     return metrics
+
+
+def _evaluate_split(split, model, splits, dataset, groups, prepare, config, ema) -> dict:
+    """`split`-prefixed metrics: of the EMA weights when there is an EMA (and of the last
+    iterate too, suffixed `_raw`, on request), else of the model."""
+
+    def run() -> dict:
+        return evaluate(
+            model, dataset, prepare, config, num_classes=splits.num_classes, groups=groups,
+            group_names=splits.group_names,
+        )  # fmt: skip
+
+    if ema is None:
+        return _prefixed(split, run())
+    with ema.swapped_in():
+        metrics = _prefixed(split, run())
+    if config.ema_evaluate_raw:
+        metrics.update(_prefixed(split, run(), suffix="_raw"))
+    return metrics
+
+
+@dataclass(frozen=True)
+class MechanismPlan:
+    """The DP-SGD mechanism a trial will run, decided before it starts."""
+
+    sample_rate: float
+    steps_per_epoch: int
+    steps: int
+    """Total steps planned (T)."""
+    epochs: int
+    """Epochs to run (the last may stop early when `steps` is reached)."""
+    noise_multiplier: float
+    """σ (0 for a non-private trial)."""
+    simulated: bool = False
+    """A TAN simulation (its σ is scaled from the reference run's σ0)."""
+    tan_reference_noise: float | None = None
+
+
+def planned_steps(config: TrainConfig, n_train: int) -> int:
+    """T: the steps the trial will take (what a search reserves before it starts)."""
+    batch = config.tan_reference_batch or config.batch_size
+    return math.ceil(n_train / batch) * config.epochs
+
+
+def plan_mechanism(config: TrainConfig, n_train: int) -> MechanismPlan:
+    """q, T and σ of the trial: also what a search reserves in its ledger before it starts."""
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    # Opacus's Poisson loader samples each example with q = 1 / (batches per epoch); with
+    # B ∤ N that is slightly below B / N. We account for the q actually used.
+    sample_rate = 1.0 / steps_per_epoch
+    if config.tan_reference_batch is None:
+        steps = planned_steps(config, n_train)
+        sigma = _noise_multiplier(config, sample_rate, steps) if config.private else 0.0
+        return MechanismPlan(sample_rate, steps_per_epoch, steps, config.epochs, sigma)
+    # TAN (Sander et al. 2023): at a fixed number of steps S, what matters is σ/B. The
+    # reference run (batch B0, `epochs` epochs) has S steps and the σ0 meeting the target;
+    # the simulation runs S steps at batch B with σ = σ0·B/B0.
+    reference_batch = config.tan_reference_batch
+    if reference_batch > n_train:
+        raise TrainerError(
+            f"tan_reference_batch={reference_batch} exceeds the {n_train} training examples; "
+            "lower it."
+        )
+    reference_per_epoch = math.ceil(n_train / reference_batch)
+    steps = planned_steps(config, n_train)
+    sigma0 = _noise_multiplier(config, 1.0 / reference_per_epoch, steps)
+    sigma = sigma0 * config.batch_size / reference_batch
+    epochs = math.ceil(steps / steps_per_epoch)
+    return MechanismPlan(sample_rate, steps_per_epoch, steps, epochs, sigma, True, sigma0)
+
+
+class _ToDevice:
+    """`prepare` for cached features: they are model inputs already."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return features.to(self.device, non_blocking=True)
 
 
 # --- privacy --------------------------------------------------------------------------------
@@ -298,10 +409,14 @@ class _DpStep:
         ) as loader:
             yield from loader
 
-    def __call__(self, images, labels) -> tuple[float, int, int]:
+    def __call__(self, images, labels, augmult: int = 0) -> tuple[float, int, int]:
+        views = max(augmult, 1)
         output = self.model(images)
-        loss = F.cross_entropy(output, labels) if len(labels) else output.sum() * 0.0
+        targets = labels.repeat_interleave(views)
+        loss = F.cross_entropy(output, targets) if len(labels) else output.sum() * 0.0
         loss.backward()
+        if views > 1:
+            _average_views(self.optimizer.params, views)
         self.optimizer.step()  # skipped by Opacus until the logical batch is complete
         self.optimizer.zero_grad(set_to_none=True)
         stepped = 0 if self.optimizer._is_last_step_skipped else 1
@@ -309,6 +424,20 @@ class _DpStep:
 
     def close(self) -> None:
         self.model._close()
+
+
+def _average_views(params, views: int) -> None:
+    """Augmentation multiplicity: each example's per-view gradients (rows i·K … i·K+K−1 of
+    `grad_sample`) averaged into one per-example gradient, before Opacus clips it.
+
+    Opacus scales per-sample gradients of a mean loss back to per-row gradients, so row j is
+    ∇ loss_j; their mean over an example's K views is the gradient of its mean view loss.
+    """
+    for param in params:
+        sample = param.grad_sample
+        if sample is None:
+            continue
+        param.grad_sample = sample.view(-1, views, *sample.shape[1:]).mean(dim=1)
 
 
 class _NonPrivateStep:
@@ -338,13 +467,16 @@ class _NonPrivateStep:
     def batches(self):
         yield from self.loader
 
-    def __call__(self, images, labels) -> tuple[float, int, int]:
+    def __call__(self, images, labels, augmult: int = 0) -> tuple[float, int, int]:
+        views = max(augmult, 1)
+        targets = labels.repeat_interleave(views)
         total = 0.0
-        for start in range(0, len(labels), self.physical):
-            chunk = slice(start, start + self.physical)
-            loss = F.cross_entropy(self.model(images[chunk]), labels[chunk], reduction="sum")
-            (loss / len(labels)).backward()
-            total += loss.item()
+        physical = self.physical * views
+        for start in range(0, len(targets), physical):
+            chunk = slice(start, start + physical)
+            loss = F.cross_entropy(self.model(images[chunk]), targets[chunk], reduction="sum")
+            (loss / len(targets)).backward()
+            total += loss.item() / views
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, len(labels), 1
@@ -439,8 +571,8 @@ def evaluate(
     return metrics
 
 
-def _prefixed(prefix: str, values: dict) -> dict:
-    return {f"{prefix}_{key}": value for key, value in values.items()}
+def _prefixed(prefix: str, values: dict, suffix: str = "") -> dict:
+    return {f"{prefix}_{key}{suffix}": value for key, value in values.items()}
 
 
 def _fmt(value) -> str:

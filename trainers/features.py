@@ -1,0 +1,175 @@
+"""Frozen-feature cache: when only the head trains, run the frozen backbone once.
+
+With `trainable_layers=head` and no augmentation, the backbone (in eval mode) is a fixed
+function of each input, so every trial of a search — whatever its learning rate, clip norm,
+batch size or ε — computes the very same features. They are computed once per (model, weights,
+data, resolution) and stored as one file (by default in the experiment directory, so every
+trial of a search shares it; a lock makes concurrent trials wait for the first instead of
+computing it twice). A trial then trains the head alone on them: the same DP-SGD mechanism on
+the same trainable parameters, a small fraction of the compute.
+
+The features are the head's input, captured by a hook: whatever the architecture, the cached
+path computes exactly what the full model computes (checked on a probe batch before use).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from trainers.config import TrainConfig
+from trainers.data import DEFAULT_DATA_ROOT, Splits
+from trainers.layers import head_module
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = DEFAULT_DATA_ROOT.parent / "features"
+FORMAT_VERSION = 1
+
+
+def cache_applies(config: TrainConfig) -> bool:
+    """Whether this trial can train on cached features."""
+    return config.trainable_layers == "head" and config.augmult == 0 and config.feature_cache
+
+
+def cache_key(config: TrainConfig) -> str:
+    """What the features depend on: model and weights, data and split, resolution."""
+    import timm
+
+    weights: dict = {"pretrained": config.pretrained}
+    if config.pretrained_file:
+        stat = Path(config.pretrained_file).stat()
+        weights = {"file": str(Path(config.pretrained_file).resolve()), "size": stat.st_size,
+                   "mtime": stat.st_mtime_ns}  # fmt: skip
+    elif not config.pretrained:
+        weights["seed"] = config.seed  # random weights: the initialisation seed decides them
+    fields = {
+        "format": FORMAT_VERSION,
+        "timm": timm.__version__,
+        "model": config.model,
+        "weights": weights,
+        "image_size": config.image_size,
+        **{
+            k: getattr(config, k)
+            for k in (
+                "dataset", "data_dir", "validation_size", "max_train_examples", "split_seed",
+                "synthetic_examples", "synthetic_image_size", "synthetic_channels",
+                "synthetic_classes", "synthetic_groups",
+            )
+        },
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{config.model}-{digest[:20]}"
+
+
+@dataclass(frozen=True)
+class CachedFeatures:
+    splits: Splits
+    """The data set with images replaced by backbone features (float, shape (N, D))."""
+    head: nn.Linear
+    """The model's head, trained alone on the features."""
+    path: Path
+    computed: bool
+    """Whether this trial computed the features (False: it loaded them)."""
+
+
+def cached_features(
+    model: nn.Module, splits: Splits, prepare, config: TrainConfig, device: torch.device
+) -> CachedFeatures | None:
+    """The features of every split (computed once, then loaded), or None when the model's
+    output is not its head applied to the head's input (the cache would change the model)."""
+    head = head_module(model)
+    if not _head_is_output(model, head, splits, prepare):
+        log.info("feature cache: %s's head is not its last operation; training end to end",
+                 config.model)  # fmt: skip
+        return None
+    directory = Path(config.feature_cache_dir) if config.feature_cache_dir else DEFAULT_CACHE_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{cache_key(config)}.pt"
+    computed = False
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent trials wait for the first one
+        features = _load(path)
+        if features is None:
+            log.info("feature cache: computing %s features once into %s", config.model, path)
+            features = {
+                name: _features(model, head, dataset.tensors[0], prepare, config.eval_batch_size)
+                for name, dataset in (
+                    ("train", splits.train), ("validation", splits.validation),
+                    ("test", splits.test),
+                ) if dataset is not None
+            }  # fmt: skip
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(features, tmp)
+            os.replace(tmp, path)
+            computed = True
+        else:
+            log.info("feature cache: loaded %s", path)
+    feature_splits = replace(
+        splits,
+        train=TensorDataset(features["train"], splits.train.tensors[1]),
+        validation=None
+        if splits.validation is None
+        else TensorDataset(features["validation"], splits.validation.tensors[1]),
+        test=TensorDataset(features["test"], splits.test.tensors[1]),
+    )
+    return CachedFeatures(feature_splits, head.to(device), path, computed)
+
+
+def _load(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+        log.warning("feature cache %s is unreadable (%s); recomputing it", path, error)
+        return None
+
+
+@torch.no_grad()
+def _features(model, head, images, prepare, batch_size) -> torch.Tensor:
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            model(prepare(images[start : start + batch_size]))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return torch.cat(captured).float()
+
+
+@torch.no_grad()
+def _head_is_output(model, head, splits: Splits, prepare) -> bool:
+    probe = splits.train.tensors[0][:2]
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+    saved = [p.detach().clone() for p in head.parameters()]
+    was_training = model.training
+    model.eval()
+    try:
+        # A random head: a zero-initialised one would make any output "equal" zero.
+        generator = torch.Generator().manual_seed(0)
+        for param in head.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator).to(param))
+        output = model(prepare(probe))
+        same = len(captured) == 1 and torch.allclose(
+            head(captured[0]), output, atol=1e-5, rtol=1e-4
+        )
+    finally:
+        hook.remove()
+        model.train(was_training)
+        for param, value in zip(head.parameters(), saved, strict=True):
+            param.copy_(value)
+    return same
