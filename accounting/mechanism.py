@@ -8,6 +8,7 @@ noise multiplier and number of steps it actually executed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -137,6 +138,14 @@ def calibrate_noise_multiplier(
     if steps < 1:
         raise AccountingError(f"a trial needs at least one step to calibrate σ (got {steps}).")
     dp_sgd_event(sample_rate=sample_rate, noise_multiplier=1.0, steps=steps)  # validates q
+    return _calibrated(float(target_epsilon), float(delta), float(sample_rate), int(steps),
+                       accountant)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=512)
+def _calibrated(target_epsilon, delta, sample_rate, steps, accountant) -> float:
+    # A pure function of its arguments: trials sharing a recipe in one process (a sweep, the
+    # head-only trials on cached features) calibrate once.
     return calibrate_noise(
         lambda sigma: dp_sgd_event(sample_rate=sample_rate, noise_multiplier=sigma, steps=steps),
         target_epsilon=target_epsilon,

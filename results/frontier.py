@@ -80,7 +80,8 @@ class _Trial:
     first_report: float
     end: float
     completed: bool
-    val_accuracy: float
+    val_score: float
+    """The search metric on validation data (accuracy, or AUC)."""
     spent: bool
     """Whether it executed any step (counts toward `trials_covered`)."""
 
@@ -114,9 +115,9 @@ class _Sweep:
                     # A spend with no known report time might have been seen at any time.
                     first_report=-math.inf if not _finite(first) else float(first),
                     end=float(row["end_time"]) if _finite(row.get("end_time")) else math.inf,
-                    completed=row["status"] == "completed" and _finite(row.get("val_accuracy")),
-                    val_accuracy=float(row["val_accuracy"])
-                    if _finite(row.get("val_accuracy"))
+                    completed=row["status"] == "completed" and _finite(row.get("val_score")),
+                    val_score=float(row["val_score"])
+                    if _finite(row.get("val_score"))
                     else math.nan,
                     spent=bool(curve.values.any()),
                 )
@@ -179,7 +180,7 @@ class _Sweep:
                 covered += pending_report.spent
                 pending_report = next(by_report, None)
             while pending_end is not None and pending_end.end <= moment:
-                if best is None or pending_end.val_accuracy > best.val_accuracy:
+                if best is None or pending_end.val_score > best.val_score:
                     best = pending_end
                 pending_end = next(by_end, None)
             stops.append(_Release(total.epsilon(self.delta), covered, best and best.index))
@@ -188,7 +189,7 @@ class _Sweep:
     @staticmethod
     def _best(trials: Sequence[_Trial]):
         done = [t for t in trials if t.completed]
-        return max(done, key=lambda t: t.val_accuracy).index if done else None
+        return max(done, key=lambda t: t.val_score).index if done else None
 
     # what a frontier point costs ------------------------------------------------------------
 
@@ -225,8 +226,10 @@ def _infinite_curve() -> accounting.RdpCurve:
 
 
 RELEASE_COLUMNS = (
-    "trial_id", "reported_epsilon", "val_accuracy", "test_accuracy", "test_worst_class_accuracy",
-    "test_class_gap", "test_worst_group", "test_worst_group_accuracy", "test_group_gap",
+    "trial_id", "reported_epsilon", "val_score", "test_score", "val_accuracy", "test_accuracy",
+    "val_auc", "test_auc", "test_worst_class_accuracy", "test_class_gap", "test_worst_group",
+    "test_worst_group_accuracy", "test_group_gap", "test_worst_label_auc", "test_label_auc_gap",
+    "test_worst_group_by_auc", "test_worst_group_auc", "test_group_auc_gap",
 )  # fmt: skip
 """What a search-adjusted row says about the model it releases."""
 
@@ -258,7 +261,7 @@ def default_budgets(experiments: Sequence[Experiment]) -> list[float]:
 def _released_accuracy(experiment: Experiment, release: _Release) -> float:
     if release.chosen is None:
         return -math.inf
-    return float(experiment.trials.at[release.chosen, "val_accuracy"])
+    return float(experiment.trials.at[release.chosen, "val_score"])
 
 
 def search_adjusted_frontier(
@@ -269,7 +272,7 @@ def search_adjusted_frontier(
 ) -> pd.DataFrame:
     """Per budget ε_B: the model the search would release if ε_B had to cover the search.
 
-    With several experiments, each row is the best (by validation accuracy) release among the
+    With several experiments, each row is the best (by validation score) release among the
     experiments at that budget, and its ε covers the experiment it names (`per_experiment=True`
     gives every experiment's row instead). Columns: budget, search_epsilon (spent, rounded up),
     trials_covered, rule, experiment, and the released trial's `RELEASE_COLUMNS`.
@@ -286,10 +289,12 @@ def search_adjusted_frontier(
         for budget in budgets:
             rows.append(_row(experiment, sweep, budget, sweep.release(budget)))
     table = pd.DataFrame(rows, columns=_COLUMNS)
+    table = table.drop(columns=[c for c in RELEASE_COLUMNS if c != "trial_id"
+                                and table[c].isna().all()])  # fmt: skip
     if per_experiment or len(experiments) == 1 or table.empty:
         return table.reset_index(drop=True)
     best = (
-        table.assign(_acc=table["val_accuracy"].fillna(-1.0))
+        table.assign(_acc=table["val_score"].fillna(-1.0))
         .sort_values(["budget", "_acc", "search_epsilon"], ascending=[True, False, True])
         .groupby("budget", sort=True)
         .head(1)
@@ -320,7 +325,7 @@ def _row(experiment: Experiment, sweep: _Sweep, budget: float, release: _Release
 
 def search_epsilon_to_release(experiment: Experiment, frontier: pd.DataFrame) -> pd.Series:
     """For each frontier row of `experiment`: the smallest search ε at which the experiment's
-    rule releases a model at least as accurate (on validation) — what that point really costs.
+    rule releases a model at least as good (validation score) — what that point really costs.
     ∞ when no budget releases it (e.g. a non-private trial)."""
     releases = _Sweep.of(experiment).candidate_releases()
     trials = experiment.trials
@@ -329,11 +334,11 @@ def search_epsilon_to_release(experiment: Experiment, frontier: pd.DataFrame) ->
         spent = [
             r.epsilon
             for r in releases
-            if r.chosen is not None and trials.at[r.chosen, "val_accuracy"] >= accuracy
+            if r.chosen is not None and trials.at[r.chosen, "val_score"] >= accuracy
         ]
         return accounting.round_up(min(spent), EPSILON_DIGITS) if spent else math.inf
 
-    return frontier["val_accuracy"].map(cost)
+    return frontier["val_score"].map(cost)
 
 
 def all_experiments_epsilon(experiments: Sequence[Experiment]) -> tuple[float, float]:

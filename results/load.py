@@ -67,6 +67,11 @@ class Experiment:
         return self.plan["mode"]
 
     @property
+    def metric(self) -> str:
+        """The validation metric the search maximised: val_accuracy or val_auc."""
+        return self.plan.get("metric", "val_accuracy")
+
+    @property
     def adaptive(self) -> bool:
         """Whether a trial's configuration or fate can depend on other trials' results."""
         return not (self.plan.get("searcher") == "random" and self.plan.get("scheduler") == "fifo")
@@ -205,7 +210,9 @@ def _read_json(path: Path):
 
 METRIC_COLUMNS = (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "val_class_accuracy",
-    "test_class_accuracy", "val_group_accuracy", "test_group_accuracy", "epoch", "node_id",
+    "test_class_accuracy", "val_group_accuracy", "test_group_accuracy", "val_auc", "test_auc",
+    "val_label_auc", "test_label_auc", "val_group_auc", "test_group_auc", "epoch", "node_id",
+    "tan_simulated",
 )  # fmt: skip
 """Metrics taken from a trial's last report."""
 BASE_COLUMNS = (
@@ -213,8 +220,8 @@ BASE_COLUMNS = (
     "noise_multiplier", "first_report_time", "end_time", "val_accuracy", "test_accuracy",
 )  # fmt: skip
 TEXT_COLUMNS = ("experiment", "trial_id", "status")
-LIST_COLUMNS = ("val_class_accuracy", "test_class_accuracy")
-DICT_COLUMNS = ("val_group_accuracy", "test_group_accuracy")
+LIST_COLUMNS = ("val_class_accuracy", "test_class_accuracy", "val_label_auc", "test_label_auc")
+DICT_COLUMNS = ("val_group_accuracy", "test_group_accuracy", "val_group_auc", "test_group_auc")
 
 
 def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
@@ -252,7 +259,7 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
         for column in METRIC_COLUMNS:
             if column in tune:
                 row[column] = tune[column]
-        if "val_accuracy" not in row and trial_id in fallback:
+        if "val_accuracy" not in row and "val_auc" not in row and trial_id in fallback:
             row.update(fallback[trial_id])
         if not tune and trial_id not in fallback and row["status"] != "stopped":
             warnings.append(f"trial {trial_id} is in the ledger but has no results")
@@ -273,9 +280,15 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
         lambda e: accounting.round_up(e, EPSILON_DIGITS) if math.isfinite(e) else e
     )
     trials["private"] = trials["trial_epsilon"].map(math.isfinite)
-    for column in ("val_accuracy", "test_accuracy", "val_loss", "test_loss"):
+    for column in ("val_accuracy", "test_accuracy", "val_loss", "test_loss", "val_auc",
+                   "test_auc"):  # fmt: skip
         if column in trials:
             trials[column] = pd.to_numeric(trials[column], errors="coerce")
+    # The search's own metric, under one name the frontiers use whatever it is.
+    metric = plan.get("metric", "val_accuracy")
+    for split in ("val", "test"):
+        source = metric.replace("val_", f"{split}_", 1)
+        trials[f"{split}_score"] = trials[source] if source in trials else float("nan")
     for column in LIST_COLUMNS + DICT_COLUMNS:
         if column in trials:
             trials[column] = trials[column].map(_parse_structured)

@@ -21,7 +21,7 @@ _STATUS_STYLE = {
 }
 
 
-def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_accuracy") -> Path:
+def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_score") -> Path:
     """Write a PNG of accuracy vs ε (log scale) and return its path.
 
     Points: every private trial at its own ε, by status. Solid step line: the per-trial
@@ -72,7 +72,7 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_accu
             markersize=4,
             label="search-adjusted frontier (ε of the whole search)",
         )
-    baseline = f"baseline_{accuracy.replace('val_', 'test_')}"
+    baseline = f"baseline_{accuracy.replace('val_', 'test_', 1)}"
     if baseline in report.frontier and report.frontier[baseline].notna().any():
         ax.axhline(
             float(report.frontier[baseline].dropna().iloc[0]),
@@ -88,10 +88,13 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_accu
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("ε (log scale)")
-    ax.set_ylabel(accuracy.replace("_", " "))
+    name = {"val_accuracy": "accuracy", "val_auc": "mean ROC-AUC"}[report.metric]
+    ax.set_ylabel(f"{'validation' if accuracy.startswith('val_') else 'test'} {name}")
     names = ", ".join(e.name for e in report.experiments)
     deltas = sorted({f"{e.delta:g}" for e in report.experiments})
-    ax.set_title(f"Accuracy vs ε — {names} (δ = {', '.join(deltas)})", fontsize=10)
+    ax.set_title(
+        f"{name[0].upper() + name[1:]} vs ε — {names} (δ = {', '.join(deltas)})", fontsize=10
+    )
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")

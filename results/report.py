@@ -23,7 +23,7 @@ from results.frontier import (
     search_adjusted_frontier,
     search_epsilon_to_release,
 )
-from results.load import EPSILON_DIGITS, Experiment
+from results.load import EPSILON_DIGITS, Experiment, ExperimentError
 
 TABLES = ("search-adjusted", "frontier", "trials")
 
@@ -43,6 +43,8 @@ class Report:
     captions: dict[str, str]
     all_experiments: tuple[float, float] | None = None
     """(ε, δ) of choosing among all experiments (only with several)."""
+    metric: str = "val_accuracy"
+    """The validation metric every frontier ranks by (`val_score` / `test_score` columns)."""
     warnings: list[str] = field(default_factory=list)
 
     def table(self, name: str) -> pd.DataFrame:
@@ -58,10 +60,16 @@ def build_report(
     if isinstance(experiments, Experiment):
         experiments = [experiments]
     experiments = list(experiments)
+    metrics = {e.metric for e in experiments}
+    if len(metrics) > 1:
+        raise ExperimentError(
+            f"these experiments optimise different metrics ({', '.join(sorted(metrics))}); "
+            "export them separately."
+        )
     trials = pd.concat([e.trials for e in experiments], ignore_index=True)
     baseline = non_private_baseline(trials)
 
-    frontier = pareto_front(trials, epsilon="reported_epsilon", accuracy="val_accuracy")
+    frontier = pareto_front(trials, epsilon="reported_epsilon", accuracy="val_score")
     costs = pd.Series(math.inf, index=frontier.index, dtype=float)
     for experiment in experiments:
         mine = frontier[frontier["experiment"] == experiment.name]
@@ -82,6 +90,7 @@ def build_report(
         captions=_captions(experiments, combined),
         all_experiments=combined,
         warnings=[f"{e.name}: {w}" for e in experiments for w in e.warnings],
+        metric=metrics.pop() if metrics else "val_accuracy",
     )
 
 
@@ -89,15 +98,15 @@ def _release(experiment: Experiment) -> dict:
     trials = experiment.trials
     search = experiment.search()
     done = trials[(trials["status"] == "completed")]
-    if "val_accuracy" in done:
-        done = done[done["val_accuracy"].notna()]
-    chosen = done.loc[done["val_accuracy"].idxmax()] if len(done) else None
+    done = done[done["val_score"].notna()]
+    chosen = done.loc[done["val_score"].idxmax()] if len(done) else None
     finite = trials["trial_epsilon"][trials["trial_epsilon"].map(math.isfinite)]
     return {
         "experiment": experiment.name,
         "trial_id": None if chosen is None else chosen["trial_id"],
-        "val_accuracy": None if chosen is None else _number(chosen.get("val_accuracy")),
-        "test_accuracy": None if chosen is None else _number(chosen.get("test_accuracy")),
+        "metric": experiment.metric,
+        "val_score": None if chosen is None else _number(chosen.get("val_score")),
+        "test_score": None if chosen is None else _number(chosen.get("test_score")),
         "search_epsilon": search.epsilon,
         "delta": search.delta,
         "mode": search.mode,
@@ -108,6 +117,7 @@ def _release(experiment: Experiment) -> dict:
 
 
 def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
+    metric = _METRIC_NAMES[experiments[0].metric] if experiments else "accuracy"
     rules = []
     for e in experiments:
         delta = f"δ = {e.delta:g}"
@@ -150,9 +160,9 @@ def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
         )
     per_trial = (
         "**Per-trial frontier — analyst-only diagnostics, not DP releases.** Validation "
-        "accuracy against each trial's own ε, which covers that trial alone, NOT the search. "
+        f"{metric} against each trial's own ε, which covers that trial alone, NOT the search. "
         "`search ε to release` is the smallest search ε at which the search-adjusted rule "
-        "releases a model at least this accurate. Failed and early-stopped trials never enter."
+        "releases a model at least this good. Failed and early-stopped trials never enter."
     )
     return {"search-adjusted": adjusted, "frontier": per_trial}
 
@@ -163,22 +173,32 @@ _DISPLAY = {
     "search-adjusted": [
         ("budget", "budget ε"), ("search_epsilon", "search ε"), ("trials_covered", "trials"),
         ("experiment", "experiment"), ("trial_id", "trial"), ("reported_epsilon", "trial ε"),
-        ("val_accuracy", "val acc"), ("test_accuracy", "test acc"),
-        ("test_worst_class_accuracy", "worst class"), ("test_worst_group_accuracy", "worst group"),
-        ("test_group_gap", "group gap"), ("baseline_test_accuracy", "non-private test acc"),
+        ("val_score", "val {m}"), ("test_score", "test {m}"),
+        ("test_worst_class_accuracy", "worst class"), ("test_worst_label_auc", "worst finding"),
+        ("test_worst_group_accuracy", "worst group"), ("test_group_gap", "group gap"),
+        ("test_worst_group_auc", "worst group AUC"), ("test_group_auc_gap", "group AUC gap"),
+        ("baseline_test_score", "non-private test {m}"),
         ("baseline_test_worst_group_accuracy", "non-private worst group"),
         ("baseline_test_group_gap", "non-private group gap"),
+        ("baseline_test_worst_group_auc", "non-private worst group AUC"),
+        ("baseline_test_group_auc_gap", "non-private group AUC gap"),
     ],
     "frontier": [
         ("experiment", "experiment"), ("trial_id", "trial"), ("reported_epsilon", "trial ε"),
-        ("search_epsilon_to_release", "search ε to release"), ("val_accuracy", "val acc"),
-        ("test_accuracy", "test acc"), ("test_worst_class_accuracy", "worst class"),
-        ("test_class_gap", "class gap"), ("test_worst_group_accuracy", "worst group"),
-        ("test_group_gap", "group gap"), ("baseline_test_accuracy", "non-private test acc"),
+        ("search_epsilon_to_release", "search ε to release"), ("val_score", "val {m}"),
+        ("test_score", "test {m}"), ("test_worst_class_accuracy", "worst class"),
+        ("test_class_gap", "class gap"), ("test_worst_label_auc", "worst finding"),
+        ("test_worst_group_accuracy", "worst group"), ("test_group_gap", "group gap"),
+        ("test_worst_group_auc", "worst group AUC"), ("test_group_auc_gap", "group AUC gap"),
+        ("baseline_test_score", "non-private test {m}"),
         ("baseline_test_worst_group_accuracy", "non-private worst group"),
         ("baseline_test_group_gap", "non-private group gap"),
+        ("baseline_test_worst_group_auc", "non-private worst group AUC"),
+        ("baseline_test_group_auc_gap", "non-private group AUC gap"),
     ],
 }  # fmt: skip
+_METRIC_NAMES = {"val_accuracy": "accuracy", "val_auc": "AUC"}
+_SHORT = {"val_accuracy": "acc", "val_auc": "AUC"}
 _EPSILON_COLUMNS = {"budget", "search_epsilon", "reported_epsilon", "search_epsilon_to_release"}
 
 
@@ -191,7 +211,8 @@ def _display(report: Report, name: str) -> tuple[list[str], list[list[str]]]:
         and not (c == "experiment" and len(report.experiments) == 1)
     ]  # fmt: skip
     rows = [[_cell(c, row[c]) for c, _ in columns] for _, row in table.iterrows()]
-    return [label for _, label in columns], rows
+    short = _SHORT[report.metric]
+    return [label.format(m=short) for _, label in columns], rows
 
 
 def _cell(column: str, value) -> str:
@@ -212,7 +233,8 @@ def _eps(value: float) -> str:
 
 def to_markdown(report: Report) -> str:
     names = ", ".join(f"`{e.name}`" for e in report.experiments)
-    lines = [f"# Accuracy vs ε: {names}", "", "## DP release", ""]
+    title = _METRIC_NAMES[report.metric].capitalize().replace("Auc", "AUC")
+    lines = [f"# {title} vs ε: {names}", "", "## DP release", ""]
     for r in report.releases:
         search = (
             f"search ε = **{_eps(r['search_epsilon'])}** at δ = {r['delta']:g} "
@@ -223,7 +245,11 @@ def to_markdown(report: Report) -> str:
                 f"- `{r['experiment']}`: no trial completed, nothing to release; {search}."
             )
             continue
-        test = "" if r["test_accuracy"] is None else f", test accuracy {r['test_accuracy']:.4f}"
+        test = (
+            ""
+            if r["test_score"] is None
+            else f", test {_METRIC_NAMES[r['metric']]} {r['test_score']:.4f}"
+        )
         largest = r["largest_trial_epsilon"]
         lines.append(
             f"- `{r['experiment']}`: selected trial `{r['trial_id']}`{test}; {search}. "

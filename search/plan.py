@@ -54,6 +54,8 @@ class SearchPlan:
     seed: int
     fixed: dict[str, Any] = field(default_factory=dict)
     """Trainer settings shared by every trial (the space's fixed ones, --set, planned σ)."""
+    metric: str = "val_accuracy"
+    """What the search maximises (the space's metric): val_accuracy or val_auc."""
 
     @property
     def distribution(self) -> accounting.TrialsDistribution | None:
@@ -178,6 +180,7 @@ def make_plan(
         scheduler=scheduler,
         seed=seed,
         fixed={**fixed, "delta": delta},
+        metric=space.metric,
     )
 
 

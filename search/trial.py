@@ -26,6 +26,10 @@ RESULT_KEYS_DROPPED = (
     "test_class_accuracy",
     "val_group_accuracy",
     "test_group_accuracy",
+    "val_label_auc",
+    "test_label_auc",
+    "val_group_auc",
+    "test_group_auc",
 )
 """Lists and dicts Tune would flatten into one column per class or group; kept as JSON
 strings instead (the results layer parses them back)."""

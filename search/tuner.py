@@ -18,8 +18,6 @@ from spaces import Choice, IntUniform, LogUniform, Uniform
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_accuracy"
-
 
 def to_tune(distribution) -> Any:
     """A space distribution as a Ray Tune search domain (the edge where Ray enters)."""
@@ -83,7 +81,7 @@ def build_tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             max_concurrent_trials=max_concurrent or None,
-            metric=METRIC if single_metric else None,
+            metric=plan.metric if single_metric else None,
             mode="max" if single_metric else None,
         ),
         run_config=tune.RunConfig(
@@ -116,7 +114,8 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(experiment_dir / "optuna_journal.log"))
     )
-    kwargs = {"metric": [METRIC, "epsilon"], "mode": ["max", "min"]} if multi_objective else {}
+    kwargs = {"metric": [plan.metric, "epsilon"], "mode": ["max", "min"]}
+    kwargs = kwargs if multi_objective else {}
     searcher = OptunaSearch(seed=plan.seed, storage=storage, study_name=plan.space, **kwargs)
     return (
         ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
@@ -134,7 +133,7 @@ def _scheduler(plan, searched, *, own_metric: bool):
     )  # fmt: skip
     return ASHAScheduler(
         time_attr="training_iteration",
-        metric=METRIC if own_metric else None,
+        metric=plan.metric if own_metric else None,
         mode="max" if own_metric else None,
         max_t=max(int(max_epochs), 1),
         grace_period=1,
@@ -159,13 +158,13 @@ class PrivacyMetricsCallback(Callback):
             for name, text in (
                 ("epsilon_spent", "search epsilon recomputed from the privacy ledger"),
                 ("budget_left", "epsilon budget minus epsilon spent (NaN without a budget)"),
-                ("best_val_accuracy", "best validation accuracy so far (analyst-only)"),
+                ("best_val_score", "best value of the search metric so far (analyst-only)"),
                 ("trials_finished", "trials that completed, stopped or failed"),
             )
         }
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.best = max(self.best, float(result.get(METRIC, -math.inf)))
+        self.best = max(self.best, float(result.get(self.plan.metric, -math.inf)))
         if time.monotonic() - self.last_update > 2.0:
             self.update()
 
@@ -189,7 +188,7 @@ class PrivacyMetricsCallback(Callback):
         values = {
             "epsilon_spent": spent,
             "budget_left": (budget - spent) if budget is not None else math.nan,
-            "best_val_accuracy": self.best if self.best > -math.inf else math.nan,
+            "best_val_score": self.best if self.best > -math.inf else math.nan,
             "trials_finished": sum(s != "running" for s in latest_status(records).values()),
         }
         for name, value in values.items():

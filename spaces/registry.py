@@ -29,6 +29,10 @@ CANONICAL_HYPERPARAMETERS = (
 """The names every space uses for the hyperparameters DP-SGD searches have in common."""
 
 
+METRICS = ("val_accuracy", "val_auc")
+"""Validation metrics a space may optimise (what the trainer reports)."""
+
+
 class SpaceError(ValueError):
     """An unknown space or an ill-formed one; the message says what to do."""
 
@@ -45,6 +49,9 @@ class SearchSpace:
     """Settings every trial of the space shares (trainer config keys → values)."""
     searched: Mapping[str, Distribution] = field(default_factory=dict)
     """Searched hyperparameters (trainer config keys → distributions)."""
+    metric: str = "val_accuracy"
+    """What the search maximises and the frontiers plot: val_accuracy, or val_auc (mean
+    ROC-AUC over findings) for multi-label data sets."""
     smoke: Mapping[str, Any] = field(default_factory=dict)
     """What a smoke run (`python -m trainers --space NAME --smoke`) changes beyond the generic
     shrinking (tiny synthetic data, random weights, one short epoch): e.g. a small model of the
@@ -59,6 +66,8 @@ class SearchSpace:
             raise SpaceError(f"space {self.name!r} both fixes and searches {sorted(both)}")
         if not self.name.isidentifier():
             raise SpaceError(f"space name {self.name!r} must be a Python identifier")
+        if self.metric not in METRICS:
+            raise SpaceError(f"space {self.name!r}: metric must be one of {', '.join(METRICS)}")
         if "\n" in self.description or not self.description.strip():
             raise SpaceError(f"space {self.name!r} needs a one-line description")
 

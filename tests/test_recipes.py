@@ -210,6 +210,10 @@ def test_feature_cache_trains_the_same_head_as_the_full_model(tmp_path, caplog):
     assert cached["epsilon"] == direct["epsilon"] and cached["steps"] == direct["steps"]
     files = list(tmp_path.glob("*.pt"))
     assert len(files) == 1
+    # Later trials build no backbone at all, and train the very same head.
+    repeat = train(make_config(values))
+    assert repeat["val_loss"] == pytest.approx(cached["val_loss"], rel=1e-6)
+    assert repeat["trainable_parameters"] == cached["trainable_parameters"]
     mtime = files[0].stat().st_mtime_ns
     with caplog.at_level("INFO", logger="trainers.features"):
         again = train(make_config({**values, "learning_rate": 0.1, "seed": 0}))

@@ -214,7 +214,7 @@ def test_fairness_columns_and_the_non_private_baseline(tmp_path):
     assert not base["private"] and math.isinf(base["trial_epsilon"])
     report = results.build_report(experiments)
     assert list(report.frontier["trial_id"]) == ["a"]  # a non-private trial has no ε to plot
-    assert report.frontier.iloc[0]["baseline_test_accuracy"] == 0.94
+    assert report.frontier.iloc[0]["baseline_test_score"] == 0.94
     assert report.frontier.iloc[0]["baseline_test_group_gap"] == pytest.approx(0.05)
     assert "non-private worst group" in results.to_markdown(report)
 

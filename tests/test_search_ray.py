@@ -253,7 +253,7 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
     expected = ledger_epsilon(tmp_path, {"mode": "composition", "delta": 1e-5})
     assert values["epsilon_spent"] == pytest.approx(expected)
     assert values["budget_left"] == pytest.approx(8.0 - expected)
-    assert values["best_val_accuracy"] == 0.7 and values["trials_finished"] == 1
+    assert values["best_val_score"] == 0.7 and values["trials_finished"] == 1
 
 
 def test_frontier_space_runs_multi_objective_optuna(tmp_path):

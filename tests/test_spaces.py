@@ -31,7 +31,16 @@ HEAVY_MODELS = sorted(
 
 
 def test_the_required_spaces_are_registered():
-    assert {"fmnist_cnn", "fmnist_quick", "nfnet_cifar"} <= set(ALL_SPACES)
+    assert {
+        "fmnist_cnn",
+        "fmnist_quick",
+        "fmnist_frontier",
+        "nfnet_cifar",
+        "nfnet_cifar100",
+        "wrn_cifar10",
+        "vit_cifar100",
+        "chexpert",
+    } <= set(ALL_SPACES)
 
 
 def test_unknown_space_lists_the_known_ones():

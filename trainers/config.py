@@ -19,7 +19,8 @@ class TrainerError(ValueError):
     """
 
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "chexpert", "synthetic")
+GROUP_ATTRIBUTES = ("sex", "age", "race")
 OPTIMIZERS = ("sgd", "adam")
 TRAINABLE_LAYERS = ("all", "head", "last_k_blocks", "norms_and_head", "bias_and_head")
 HEAD_INITS = ("auto", "zero", "default")
@@ -31,7 +32,8 @@ class TrainConfig:
 
     # --- data ---
     dataset: str = "fashion_mnist"
-    """One of fashion_mnist, cifar10, cifar100, synthetic."""
+    """One of fashion_mnist, cifar10, cifar100, chexpert (multi-label; local directory),
+    synthetic."""
     data_dir: str | None = None
     """Where the data set lies; None: the standard places (see README, "Data and weights")."""
     download: bool = False
@@ -49,6 +51,10 @@ class TrainConfig:
     """Synthetic data set only: image channels."""
     synthetic_classes: int = 10
     """Synthetic data set only: number of classes."""
+    group_attribute: str = "sex"
+    """CheXpert only: the attribute whose groups get their own metrics (sex, age, race)."""
+    uncertain_label: str = "ones"
+    """CheXpert only: uncertain findings (−1) count as positive (ones) or negative (zeros)."""
     synthetic_groups: int = 0
     """Synthetic data set only: give every example a `group` (0 = none); group g's images carry
     more noise as g grows, so groups differ in difficulty like sub-populations of real data."""
@@ -164,6 +170,15 @@ def _validate(c: TrainConfig) -> None:
         f"synthetic_channels must be 1 or 3 (got {c.synthetic_channels}).",
     )
     need(c.synthetic_classes >= 2, f"synthetic_classes must be ≥ 2 (got {c.synthetic_classes}).")
+    need(
+        c.group_attribute in GROUP_ATTRIBUTES,
+        f"unknown group_attribute {c.group_attribute!r}; choose one of: "
+        f"{', '.join(GROUP_ATTRIBUTES)}.",
+    )
+    need(
+        c.uncertain_label in ("ones", "zeros"),
+        f"uncertain_label must be ones or zeros (got {c.uncertain_label!r}).",
+    )
     need(c.synthetic_groups >= 0, f"synthetic_groups must be ≥ 0 (got {c.synthetic_groups}).")
     need(
         c.image_size is None or c.image_size >= 8,

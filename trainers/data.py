@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from trainers.chexpert import load_chexpert
 from trainers.config import TrainConfig, TrainerError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -44,6 +45,8 @@ class Splits:
     """Per-channel mean of the training images in [0, 1] (for normalisation)."""
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    """Class names (multi-class) or finding names (multi-label: labels are 0/1 floats, one
+    column per finding)."""
     group_names: tuple[str, ...] = ()
     """Names of the values of the examples' `group` attribute (e.g. sex, an age bucket); empty
     when the data set has no groups."""
@@ -52,6 +55,10 @@ class Splits:
     test_groups: torch.Tensor | None = None
     """Group index of every test example (aligned with `test`), or None."""
 
+    @property
+    def multilabel(self) -> bool:
+        return self.train.tensors[1].ndim == 2
+
 
 def load_splits(config: TrainConfig) -> Splits:
     """Load `config.dataset` and split off the validation set (seeded by `split_seed`)."""
@@ -59,6 +66,7 @@ def load_splits(config: TrainConfig) -> Splits:
         "fashion_mnist": _load_fashion_mnist,
         "cifar10": lambda c: _load_cifar(c, 10),
         "cifar100": lambda c: _load_cifar(c, 100),
+        "chexpert": load_chexpert,
         "synthetic": _load_synthetic,
     }
     loaded = loaders[config.dataset](config)

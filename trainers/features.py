@@ -80,6 +80,45 @@ class CachedFeatures:
     path: Path
     computed: bool
     """Whether this trial computed the features (False: it loaded them)."""
+    total_parameters: int
+    """Parameters of the whole model (the backbone stays frozen)."""
+
+
+def _cache_path(config: TrainConfig) -> Path:
+    directory = Path(config.feature_cache_dir) if config.feature_cache_dir else DEFAULT_CACHE_DIR
+    return directory / f"{cache_key(config)}.pt"
+
+
+def load_cached_head(config: TrainConfig, splits: Splits, device) -> CachedFeatures | None:
+    """Features already cached and a zero-initialised head: the trial needs no backbone at
+    all (building a large timm model costs more than training its head on cached features).
+    None when there is no cache yet or the head must keep the model's own initialisation."""
+    if config.head_init == "default":
+        return None
+    path = _cache_path(config)
+    features = _load(path)
+    if features is None:
+        return None
+    meta = features["meta"]
+    head = nn.Linear(int(meta["in_features"]), splits.num_classes, bias=bool(meta["bias"]))
+    nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+    log.info("feature cache: loaded %s (no backbone built)", path)
+    return _with_features(splits, features, head.to(device), path, False)
+
+
+def _with_features(splits, features, head, path, computed) -> CachedFeatures:
+    feature_splits = replace(
+        splits,
+        train=TensorDataset(features["train"], splits.train.tensors[1]),
+        validation=None
+        if splits.validation is None
+        else TensorDataset(features["validation"], splits.validation.tensors[1]),
+        test=TensorDataset(features["test"], splits.test.tensors[1]),
+    )
+    total = int(features["meta"]["total_parameters"])
+    return CachedFeatures(feature_splits, head, path, computed, total)
 
 
 def cached_features(
@@ -92,9 +131,8 @@ def cached_features(
         log.info("feature cache: %s's head is not its last operation; training end to end",
                  config.model)  # fmt: skip
         return None
-    directory = Path(config.feature_cache_dir) if config.feature_cache_dir else DEFAULT_CACHE_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{cache_key(config)}.pt"
+    path = _cache_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
     computed = False
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent trials wait for the first one
@@ -108,28 +146,28 @@ def cached_features(
                     ("test", splits.test),
                 ) if dataset is not None
             }  # fmt: skip
+            features["meta"] = {
+                "in_features": head.in_features,
+                "bias": head.bias is not None,
+                "total_parameters": sum(p.numel() for p in model.parameters()),
+            }
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             torch.save(features, tmp)
             os.replace(tmp, path)
             computed = True
         else:
             log.info("feature cache: loaded %s", path)
-    feature_splits = replace(
-        splits,
-        train=TensorDataset(features["train"], splits.train.tensors[1]),
-        validation=None
-        if splits.validation is None
-        else TensorDataset(features["validation"], splits.validation.tensors[1]),
-        test=TensorDataset(features["test"], splits.test.tensors[1]),
-    )
-    return CachedFeatures(feature_splits, head.to(device), path, computed)
+    return _with_features(splits, features, head.to(device), path, computed)
 
 
 def _load(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True)
+        features = torch.load(path, weights_only=True)
+        if not {"train", "test", "meta"} <= set(features):
+            raise ValueError("incomplete")
+        return features
     except Exception as error:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
         log.warning("feature cache %s is unreadable (%s); recomputing it", path, error)
         return None

@@ -26,7 +26,7 @@ from trainers.augment import augment_views
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits, load_splits
 from trainers.ema import ParameterEma
-from trainers.features import cache_applies, cached_features
+from trainers.features import cache_applies, cached_features, load_cached_head
 from trainers.layers import select_trainable, set_frozen_modes
 from trainers.models import build_model, check_pretrained_file
 
@@ -78,23 +78,29 @@ def train(
             "training examples, which permits releasing whole examples; lower delta."
         )
 
-    image_size = config.image_size or splits.image_size
-    full_model = build_model(
-        config, in_channels=splits.channels, num_classes=splits.num_classes, image_size=image_size
-    ).to(device)
-    counts = select_trainable(full_model, config)
-    prepare = _BatchPreparer(
-        full_model, splits, image_size=image_size, device=device, config=config
-    )
-    model, cached = full_model, None
-    if cache_applies(config):
-        cached = cached_features(full_model, splits, prepare, config, device)
-        if cached is not None:
-            # Train the head alone on the frozen backbone's features: same parameters, same
-            # mechanism, a fraction of the compute.
-            model, splits = cached.head, cached.splits
-            prepare = _ToDevice(device)
-            del full_model
+    # Head-only trials train the head alone on the frozen backbone's features (computed once
+    # per model, weights, data and resolution): same parameters, same mechanism, a fraction of
+    # the compute. Once the features exist no backbone is even built.
+    cached = load_cached_head(config, splits, device) if cache_applies(config) else None
+    if cached is None:
+        image_size = config.image_size or splits.image_size
+        full_model = build_model(
+            config, in_channels=splits.channels, num_classes=splits.num_classes,
+            image_size=image_size,
+        ).to(device)  # fmt: skip
+        counts = select_trainable(full_model, config)
+        prepare = _BatchPreparer(
+            full_model, splits, image_size=image_size, device=device, config=config
+        )
+        model = full_model
+        if cache_applies(config):
+            cached = cached_features(full_model, splits, prepare, config, device)
+    if cached is not None:
+        model, splits, prepare = cached.head, cached.splits, _ToDevice(device)
+        counts = {
+            "trainable_parameters": sum(p.numel() for p in model.parameters()),
+            "total_parameters": cached.total_parameters,
+        }
     optimizer = _make_optimizer(config, model.parameters())
     mechanism = plan_mechanism(config, n_train)
     sample_rate, planned_steps = mechanism.sample_rate, mechanism.steps
@@ -412,8 +418,8 @@ class _DpStep:
     def __call__(self, images, labels, augmult: int = 0) -> tuple[float, int, int]:
         views = max(augmult, 1)
         output = self.model(images)
-        targets = labels.repeat_interleave(views)
-        loss = F.cross_entropy(output, targets) if len(labels) else output.sum() * 0.0
+        targets = labels.repeat_interleave(views, dim=0)
+        loss = task_loss(output, targets) if len(labels) else output.sum() * 0.0
         loss.backward()
         if views > 1:
             _average_views(self.optimizer.params, views)
@@ -469,12 +475,12 @@ class _NonPrivateStep:
 
     def __call__(self, images, labels, augmult: int = 0) -> tuple[float, int, int]:
         views = max(augmult, 1)
-        targets = labels.repeat_interleave(views)
+        targets = labels.repeat_interleave(views, dim=0)
         total = 0.0
         physical = self.physical * views
         for start in range(0, len(targets), physical):
             chunk = slice(start, start + physical)
-            loss = F.cross_entropy(self.model(images[chunk]), targets[chunk], reduction="sum")
+            loss = task_loss(self.model(images[chunk]), targets[chunk], reduction="sum")
             (loss / len(targets)).backward()
             total += loss.item() / views
         self.optimizer.step()
@@ -539,6 +545,8 @@ def evaluate(
 
     Only aggregates leave this function: no example or label is ever reported.
     """
+    if dataset.tensors[1].ndim == 2:
+        return _evaluate_multilabel(model, dataset, prepare, config, groups, group_names)
     model.eval()
     images, labels = dataset.tensors
     correct = torch.zeros(num_classes, dtype=torch.long)
@@ -569,6 +577,78 @@ def evaluate(
             for name, r, k in zip(group_names, right, size, strict=True)
         }
     return metrics
+
+
+def task_loss(output: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+    """Cross-entropy for class indices; for multi-label 0/1 targets, the binary cross-entropy
+    summed over findings, so that a mean is over examples (Opacus's per-example scaling)."""
+    if targets.ndim == 2:
+        per_example = F.binary_cross_entropy_with_logits(output, targets, reduction="none").sum(1)
+        return per_example.mean() if reduction == "mean" else per_example.sum()
+    return F.cross_entropy(output, targets, reduction=reduction)
+
+
+@torch.no_grad()
+def _evaluate_multilabel(model, dataset, prepare, config, groups, group_names) -> dict:
+    """ROC-AUC per finding and their mean (`auc`), mean per-finding accuracy at p = 0.5, loss,
+    and with groups each group's mean AUC over the findings it has both classes of."""
+    model.eval()
+    images, labels = dataset.tensors
+    scores, loss_sum = [], 0.0
+    for start in range(0, len(labels), config.eval_batch_size):
+        x = prepare(images[start : start + config.eval_batch_size])
+        y = labels[start : start + config.eval_batch_size].to(x.device)
+        logits = model(x)
+        loss_sum += task_loss(logits, y, reduction="sum").item()
+        scores.append(logits.float().cpu())
+    model.train()
+    scores = torch.cat(scores) if scores else torch.zeros(0, labels.shape[1])
+    per_label = [roc_auc(scores[:, k], labels[:, k]) for k in range(labels.shape[1])]
+    metrics = {
+        "auc": _mean(per_label),
+        "label_auc": per_label,
+        "accuracy": float(((scores > 0).float() == labels).float().mean()) if len(labels) else 0.0,
+        "loss": loss_sum / max(len(labels), 1),
+    }
+    if groups is not None:
+        metrics["group_auc"] = {
+            name: _mean(
+                [
+                    roc_auc(scores[groups == g, k], labels[groups == g, k])
+                    for k in range(labels.shape[1])
+                ]
+            )  # fmt: skip
+            for g, name in enumerate(group_names)
+        }
+    return metrics
+
+
+def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Area under the ROC curve: the probability that a random positive scores above a random
+    negative (ties count half), from average ranks (Mann–Whitney U). None without both classes.
+    """
+    positive = targets > 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    values = scores.double().numpy()
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):  # average ranks over ties
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    rank_sum = ranks[positive.numpy()].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _mean(values) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
 
 
 def _prefixed(prefix: str, values: dict, suffix: str = "") -> dict:
