@@ -87,3 +87,40 @@ def test_clipped_sum_matches_microbatch_reference(model_name, channels, size, ba
     summed = torch.cat([p.grad.flatten() for p in params]) * step.optimizer.expected_batch_size
     torch.testing.assert_close(summed, clipped.sum(dim=0), rtol=1e-5, atol=1e-8)
     assert (factors < 1).any() or batch == 1
+
+
+def test_weight_standardised_groupnorm_resnetv2_matches_microbatch_reference():
+    # BiT's building blocks (timm ResNetV2 with StdConv2d + GroupNormAct), at ResNet-18 depth:
+    # the per-example gradients Opacus computes through the weight standardisation are exact.
+    from functools import partial
+
+    import timm
+    from timm.layers import GroupNormAct, StdConv2d
+
+    from trainers.models import make_dp_compatible
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnetv2_18", num_classes=10, conv_layer=StdConv2d,
+                            norm_layer=partial(GroupNormAct, num_groups=8))  # fmt: skip
+    assert any(isinstance(m, StdConv2d) for m in net.modules())
+    model = make_dp_compatible(net, example_input=torch.zeros(2, 3, 32, 32)).double()
+    reference = copy.deepcopy(model)
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64) * torch.tensor(
+        [0.01, 1.0, 10.0], dtype=torch.float64
+    ).view(-1, 1, 1, 1)
+    labels = torch.tensor([1, 4, 7])
+    per_example = _reference_gradients(reference, images, labels)
+    clip = float(per_example.norm(dim=1).median())
+    config = make_config(tiny(noise_multiplier=1e-12, target_epsilon=None, max_grad_norm=clip))
+    step = _DpStep(model=model, optimizer=_make_optimizer(config, model.parameters()),
+                   dataset=TensorDataset(torch.zeros(256, 3, 32, 32), torch.zeros(256).long()),
+                   config=config, noise_multiplier=1e-12, device=torch.device("cpu"))  # fmt: skip
+    F.cross_entropy(step.model(images), labels).backward()
+    params = [p for p in step.model.parameters() if p.requires_grad]
+    got = torch.cat([p.grad_sample.flatten(1) for p in params], dim=1)
+    torch.testing.assert_close(got, per_example, rtol=1e-5, atol=1e-9)
+    step.optimizer.pre_step()
+    summed = torch.cat([p.grad.flatten() for p in params]) * step.optimizer.expected_batch_size
+    factors = (clip / (per_example.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
+                               atol=1e-8)  # fmt: skip
