@@ -24,6 +24,7 @@ GROUP_ATTRIBUTES = ("sex", "age", "race")
 OPTIMIZERS = ("sgd", "adam")
 TRAINABLE_LAYERS = ("all", "head", "last_k_blocks", "norms_and_head", "bias_and_head")
 HEAD_INITS = ("auto", "zero", "default")
+CLIPPING_ENGINES = ("auto", "fast", "opacus")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +110,11 @@ class TrainConfig:
     """TAN simulation (Sander et al. 2023): run at `batch_size` B with σ = σ0·B/B0 for the
     steps a batch-B0 run takes, σ0 being that run's noise; tune cheaply, then run B0 for real.
     The trial still spends what it ran (accounted, labelled simulated)."""
+
+    clipping: str = "auto"
+    """Per-example clipping engine: fast (trainers.fast_clip: per-example norms without
+    per-example gradients), opacus (its per-example gradients), or auto (fast wherever it
+    supports every trainable layer, else opacus with a log line)."""
 
     # --- privacy ---
     private: bool = True
@@ -211,6 +217,10 @@ def _validate(c: TrainConfig) -> None:
     need(
         c.head_init in HEAD_INITS,
         f"unknown head_init {c.head_init!r}; choose one of: {', '.join(HEAD_INITS)}.",
+    )
+    need(
+        c.clipping in CLIPPING_ENGINES,
+        f"unknown clipping {c.clipping!r}; choose one of: {', '.join(CLIPPING_ENGINES)}.",
     )
     need(
         c.tan_reference_batch is None or c.tan_reference_batch >= 1,

@@ -26,6 +26,12 @@ from trainers.augment import augment_views
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits, load_splits
 from trainers.ema import ParameterEma
+from trainers.fast_clip import (
+    FastClipper,
+    fast_clipping_unsupported,
+    forward_with_input_grad,
+    noise_and_average,
+)
 from trainers.features import cache_applies, cached_features, load_cached_head
 from trainers.layers import select_trainable, set_frozen_modes
 from trainers.models import build_model, check_pretrained_file
@@ -107,7 +113,9 @@ def train(
 
     if config.private:
         noise_multiplier = mechanism.noise_multiplier
-        step_fn = _DpStep(
+        engine = _clipping_engine(config, model)
+        step_class = _FastDpStep if engine == "fast" else _DpStep
+        step_fn = step_class(
             model=model,
             optimizer=optimizer,
             dataset=splits.train,
@@ -116,7 +124,7 @@ def train(
             device=device,
         )
     else:
-        noise_multiplier = 0.0
+        noise_multiplier, engine = 0.0, None
         step_fn = _NonPrivateStep(
             model=model, optimizer=optimizer, dataset=splits.train, config=config
         )
@@ -179,6 +187,7 @@ def train(
             "done": done,
             "trainable_parameters": counts["trainable_parameters"],
             "feature_cache": cached is not None,
+            "clipping": engine,
         }
         if mechanism.simulated:
             metrics.update(
@@ -432,6 +441,93 @@ class _DpStep:
         self.model._close()
 
 
+def _clipping_engine(config: TrainConfig, model: nn.Module) -> str:
+    """fast or opacus, as `config.clipping` asks and the model allows."""
+    if config.clipping == "opacus":
+        return "opacus"
+    reason = fast_clipping_unsupported(model)
+    if reason is None:
+        return "fast"
+    if config.clipping == "fast":
+        raise TrainerError(
+            f"fast clipping does not support this model's {reason} layers; use "
+            "--set clipping=opacus (or auto)."
+        )
+    log.info("fast clipping does not support %s; using Opacus's per-example gradients", reason)
+    return "opacus"
+
+
+class _FastDpStep:
+    """DP-SGD with the fast clipping engine (trainers.fast_clip): Opacus's Poisson data loader,
+    per-example norms without per-example gradients, and Gaussian noise added exactly as
+    Opacus's optimizer adds it (same generator use, same order, same scaling), so a seed gives
+    the same sampling and noise as the Opacus engine."""
+
+    def __init__(self, *, model, optimizer, dataset, config, noise_multiplier, device) -> None:
+        from opacus.data_loader import DPDataLoader
+
+        self.model, self.optimizer = model, optimizer
+        self.sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.loader = DPDataLoader.from_data_loader(
+            DataLoader(dataset, batch_size=config.batch_size, generator=self.sampling_generator)
+        )
+        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self.noise_multiplier = noise_multiplier
+        self.max_grad_norm = config.max_grad_norm
+        self.expected_batch_size = int(len(dataset) / len(self.loader))
+        self.physical = config.max_physical_batch_size
+        self.clipper = FastClipper(model, config.max_grad_norm)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._last_chunk = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampling_generator": self.sampling_generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampling_generator.set_state(state["sampling_generator"])
+        self.noise_generator.set_state(state["noise_generator"])
+
+    def batches(self):
+        """Physical batches of every Poisson-sampled logical batch (the last one steps)."""
+        for images, labels in self.loader:
+            starts = list(range(0, len(labels), self.physical)) or [0]
+            for start in starts:
+                self._last_chunk = start == starts[-1]
+                yield images[start : start + self.physical], labels[start : start + self.physical]
+
+    def __call__(self, images, labels, augmult: int = 0) -> tuple[float, int, int]:
+        views = max(augmult, 1)
+        loss_sum = 0.0
+        if len(labels):
+            output = forward_with_input_grad(self.model, images)
+            losses = task_loss(output, labels.repeat_interleave(views, dim=0), reduction="none")
+            self.clipper.backward(losses, views)
+            loss_sum = losses.detach().sum().item() / views
+        if not self._last_chunk:
+            return loss_sum, len(labels), 0
+        noise_and_average(
+            self.params,
+            self.clipper.take_sums(),
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            expected_batch_size=self.expected_batch_size,
+            generator=self.noise_generator,
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, len(labels), 1
+
+    def close(self) -> None:
+        self.clipper.close()
+
+
 def _average_views(params, views: int) -> None:
     """Augmentation multiplicity: each example's per-view gradients (rows i·K … i·K+K−1 of
     `grad_sample`) averaged into one per-example gradient, before Opacus clips it.
@@ -584,8 +680,11 @@ def task_loss(output: torch.Tensor, targets: torch.Tensor, reduction: str = "mea
     summed over findings, so that a mean is over examples (Opacus's per-example scaling)."""
     if targets.ndim == 2:
         per_example = F.binary_cross_entropy_with_logits(output, targets, reduction="none").sum(1)
-        return per_example.mean() if reduction == "mean" else per_example.sum()
-    return F.cross_entropy(output, targets, reduction=reduction)
+    else:
+        per_example = F.cross_entropy(output, targets, reduction="none")
+    if reduction == "none":
+        return per_example
+    return per_example.mean() if reduction == "mean" else per_example.sum()
 
 
 @torch.no_grad()

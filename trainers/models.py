@@ -211,6 +211,34 @@ class _CopyOutput(nn.Module):
         return output.clone() if isinstance(output, torch.Tensor) else output
 
 
+class ScalarGain(nn.Module):
+    """y = gain · x with one learnable scalar (NFNets' skip-init gain as a layer of its own).
+
+    timm's NormFreeBlock multiplies its residual branch by its own `skipinit_gain` inside its
+    forward; a parameter used there makes Opacus compute per-example gradients of the whole
+    block with functorch. As a layer, its per-example gradient is Σ g ⊙ x: cheap for both
+    Opacus (functorch on one multiply) and the fast clipping engine.
+    """
+
+    def __init__(self, gain: nn.Parameter) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
+
+
+def _skipinit_gains_as_layers(model: nn.Module) -> None:
+    # NormFreeBlock.forward: out = drop_path(out); out.mul_(skipinit_gain) — the same as
+    # out = ScalarGain(skipinit_gain)(drop_path(out)), after which skipinit_gain is None.
+    for module in model.modules():
+        gain = getattr(module, "skipinit_gain", None)
+        if isinstance(gain, nn.Parameter) and hasattr(module, "drop_path"):
+            del module.skipinit_gain  # unregister the parameter …
+            module.skipinit_gain = None  # … and let the block skip its own multiply
+            module.drop_path = nn.Sequential(module.drop_path, ScalarGain(gain))
+
+
 def make_dp_compatible(model: nn.Module, *, example_input: torch.Tensor) -> nn.Module:
     """Make a model trainable with Opacus per-example gradients, or explain why it is not.
 
@@ -218,12 +246,14 @@ def make_dp_compatible(model: nn.Module, *, example_input: torch.Tensor) -> nn.M
        Opacus's `ModuleValidator.fix` misses) becomes GroupNorm; other unsupported layers are
        fixed by Opacus where it can, reported otherwise.
     2. In-place activations modify the outputs Opacus hooks into: they are switched off.
+       NFNets' skip-init gains become layers (`ScalarGain`) with cheap per-example gradients.
     3. A probe forward/backward with Opacus hooks on `example_input`; if the model still
        modifies a hooked output in place, each hooked layer's output is copied.
     """
     from opacus.validators import ModuleValidator
 
     _replace_batchnorm(model)
+    _skipinit_gains_as_layers(model)
     model = ModuleValidator.fix(model)
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
