@@ -90,7 +90,7 @@ def _opacus(model, x, y, mode):
             poisson_sampling=False, grad_sample_mode=mode, **kwargs,
         )  # fmt: skip
     private_model, optimizer = made[0], made[1]
-    criterion = made[3] if mode == "ghost" else torch.nn.CrossEntropyLoss()
+    criterion = made[2] if mode == "ghost" else torch.nn.CrossEntropyLoss()
 
     def step():
         criterion(private_model(x), y).backward()
@@ -106,8 +106,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--models", default="nfnet,cnn")
-    parser.add_argument("--opacus-steps", type=int, default=None,
-                        help="timed steps for Opacus's slow engines (default: --steps)")  # fmt: skip
+    parser.add_argument(
+        "--opacus-steps", type=int, default=None,
+        help="timed steps for Opacus's engines, slow on NFNets (default: --steps)",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     results = []
@@ -120,10 +122,10 @@ def main() -> None:
         y = torch.randint(0, 10, (batch,))
         nonprivate = _timed(_nonprivate(copy.deepcopy(base), x, y), args.warmup, args.steps)
         print(f"{name} (batch {batch}, {size}×{size}): non-private step {nonprivate:.3f} s")
-        modes = [("fast (this project)", lambda m: _fast(m, x, y), args.steps)]
+        modes = [("fast (this project)", lambda m, x=x, y=y: _fast(m, x, y), args.steps)]
         slow = args.opacus_steps or args.steps
         modes += [
-            (f"opacus {mode}", lambda m, mode=mode: _opacus(m, x, y, mode), slow)
+            (f"opacus {mode}", lambda m, mode=mode, x=x, y=y: _opacus(m, x, y, mode), slow)
             for mode in OPACUS_MODES
         ]
         for label, make, steps in modes:
@@ -131,9 +133,10 @@ def main() -> None:
                 dp = _timed(make(copy.deepcopy(base)), min(args.warmup, 1), steps)
             except Exception as error:  # noqa: BLE001 - an engine that cannot run is a result
                 print(f"  {label}: cannot run ({type(error).__name__}: {str(error)[:120]})")
+                reason = f"{type(error).__name__}: {str(error)[:300]}"
                 results.append({"model": name, "mode": label, "dp_s": None,
                                 "nonprivate_s": nonprivate, "ratio": None,
-                                "error": f"{type(error).__name__}: {str(error)[:300]}"})  # fmt: skip
+                                "error": reason})  # fmt: skip
                 continue
             ratio = dp / nonprivate
             print(f"  {label}: {dp:.3f} s per DP step = {ratio:.2f}× non-private")

@@ -236,17 +236,11 @@ class _Layer:
 
     def _standardised_norms(self, a, g, weight_trains, gain_trains) -> torch.Tensor:
         module = self.module
-        weight = module.weight.detach()
-        out_channels = weight.shape[0]
+        out_channels = module.weight.shape[0]
         groups = module.groups
-        flat = weight.reshape(out_channels, -1)
-        n = flat.shape[1]  # fan-in of one output channel (its group's inputs × kernel)
-        mean = flat.mean(1, keepdim=True)
-        var = flat.var(1, unbiased=False, keepdim=True)
-        std = torch.sqrt(var + module.eps)
-        normalised = (flat - mean) / std  # x̂ (out, n)
+        normalised, inv_std, ratio, gamma = self.standardisation = _standardisation(module)
+        n = normalised.shape[1]  # fan-in of one output channel (its group's inputs × kernel)
         scale = getattr(module, "scale", 1.0)
-        gamma = (module.gain.detach().reshape(-1, 1) * scale) if self.std == "scaled" else 1.0
         # Per example and output channel: ‖G_o‖², 1·G_o and x̂_o·G_o, G = g aᵀ (gradient of Ŵ).
         hat = normalised.reshape(groups if a is None else a.shape[1], -1, n)
         if self.per_example is not None:  # (B, groups, p, n)
@@ -263,10 +257,9 @@ class _Layer:
             hat_dot = (self._standardised_outputs(hat, a) * g).sum(3).reshape(batch, out_channels)
         total = torch.zeros(batch, dtype=sq.dtype, device=sq.device)
         if weight_trains:
-            ratio = (var / (var + module.eps)).reshape(1, -1)
             m1, m2 = ones_dot / n, hat_dot / n
-            projected = sq - n * m1.pow(2) - n * (2 - ratio) * m2.pow(2)
-            factor = (gamma / std if self.std == "scaled" else 1 / std).reshape(1, -1)
+            projected = sq - n * m1.pow(2) - n * (2 - ratio.reshape(1, -1)) * m2.pow(2)
+            factor = (gamma * inv_std).reshape(1, -1)
             total = total + (factor.pow(2) * projected.clamp_min(0)).sum(1)
         if gain_trains:
             total = total + (scale * hat_dot).pow(2).sum(1)
@@ -277,7 +270,7 @@ class _Layer:
         bias and gain, or (a zero gain) recomputed from the unfolded input."""
         module, outputs = self.module, self.outputs
         self.outputs = None
-        gamma = module.gain.detach().reshape(-1) * module.scale if self.std == "scaled" else None
+        gamma = self.standardisation[3].reshape(-1) if self.std == "scaled" else None
         if outputs is None or (gamma is not None and bool((gamma.abs() < 1e-6).any())):
             return torch.matmul(hat.to(a.dtype), a)
         if module.bias is not None:
@@ -329,12 +322,19 @@ class _Layer:
         if self.std is None:
             _add(sums, module.weight, summed)
             return
-        # Jᵀ of the (data-independent) standardisation, once for the clipped sum.
-        with torch.enable_grad():
-            effective = _standardised_weight(module)
-            grads = torch.autograd.grad(effective, trains, summed)
-        for param, grad in zip(trains, grads, strict=True):
-            _add(sums, param, grad)
+        # Jᵀ of the (data-independent) standardisation, once, on the clipped sum S: the
+        # batch-norm backward, (γ/σ)(S − mean S − x̂·mean(x̂ ⊙ S)); the gain's is scale·x̂·S.
+        normalised, inv_std, _, gamma = self.standardisation
+        flat = summed.reshape(normalised.shape).to(normalised.dtype)
+        hat_dot = (flat * normalised).sum(1, keepdim=True)
+        if module.weight.requires_grad:
+            n = normalised.shape[1]
+            weight_grad = (gamma * inv_std) * (
+                flat - flat.mean(1, keepdim=True) - normalised * hat_dot / n
+            )
+            _add(sums, module.weight, weight_grad.reshape(module.weight.shape))
+        if gain is not None and gain.requires_grad:
+            _add(sums, gain, (module.scale * hat_dot).reshape(gain.shape))
 
 
 PER_EXAMPLE_BUDGET = 2**26
@@ -364,18 +364,19 @@ def _conv_per_example(module, a, g, padding, views: int) -> torch.Tensor:
     return grads.reshape(rows // views, views, groups, out_channels // groups, -1).mean(1)
 
 
-def _standardised_weight(module) -> torch.Tensor:
-    """Ŵ as timm computes it (StdConv2d / ScaledStdConv2d forward)."""
-    weight = module.weight
-    out_channels = weight.shape[0]
+def _standardisation(module):
+    """x̂ (out, n), 1/σ (out, 1), r = var/(var + eps) (out,) and the effective gain γ (out, 1)
+    of a weight-standardised conv, as timm's forward computes Ŵ = γ·x̂ (batch norm over each
+    output channel's weights, biased variance, `eps` inside the root)."""
+    flat = module.weight.detach().reshape(module.weight.shape[0], -1)
+    centred = flat - flat.mean(1, keepdim=True)
+    var = centred.pow(2).mean(1, keepdim=True)  # two-pass: stable, and faster than var()
+    inv_std = torch.rsqrt(var + module.eps)
     if _std_conv_kind(module) == "scaled":
-        affine = (module.gain * module.scale).view(-1)
+        gamma = module.gain.detach().reshape(-1, 1) * module.scale
     else:
-        affine = None
-    return F.batch_norm(
-        weight.reshape(1, out_channels, -1), None, None, weight=affine, training=True,
-        momentum=0.0, eps=module.eps,
-    ).reshape_as(weight)  # fmt: skip
+        gamma = torch.ones_like(inv_std)
+    return centred * inv_std, inv_std, (var * inv_std.pow(2)).reshape(-1), gamma
 
 
 def _group_normalised(a: torch.Tensor, module: nn.GroupNorm) -> torch.Tensor:
@@ -474,5 +475,3 @@ def noise_and_average(
             device=param.device, generator=generator, dtype=param.dtype,
         )  # fmt: skip
         param.grad = (summed.to(param.dtype) + noise) / expected_batch_size
-
-

@@ -1,0 +1,167 @@
+"""The fast clipping engine against a microbatch reference (each example's gradient computed
+alone, clipped, summed), on every supported layer type, and the trainer's use of it."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers import TrainerError, make_config, train
+from trainers.fast_clip import FastClipper, fast_clipping_unsupported, forward_with_input_grad
+from trainers.models import ScalarGain, build_model
+
+from .conftest import tiny
+
+MODELS = [
+    ("tramer_boneh_cnn", 1, 28),  # Conv2d (direct and ghost norms), Linear
+    ("tramer_boneh_cifar_cnn", 3, 32),
+    ("wrn_10_1", 3, 32),  # StdConv2d (weight standardisation) + GroupNorm
+    ("test_nfnet", 3, 32),  # grouped ScaledStdConv2dSame with gains, SE convs, skip-init gains
+    ("test_resnet", 3, 32),  # BatchNorm → GroupNorm, in-place residual adds
+]
+
+
+def reference(model, images, labels, views):
+    """Per example: the mean of its views' gradients, each from its own backward pass."""
+    rows = []
+    for i in range(len(labels)):
+        grads = []
+        for k in range(views):
+            model.zero_grad()
+            row = i * views + k
+            F.cross_entropy(model(images[row : row + 1]), labels[i : i + 1]).backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        rows.append(torch.stack(grads).mean(0))
+    return torch.stack(rows)
+
+
+def fast(model, images, labels, views, clip):
+    clipper = FastClipper(model, clip)
+    output = forward_with_input_grad(model, images)
+    clipper.backward(F.cross_entropy(output, labels.repeat_interleave(views), reduction="none"),
+                     views)  # fmt: skip
+    sums = clipper.take_sums()
+    clipper.close()
+    summed = torch.cat([sums.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
+    return clipper.last_norms, summed
+
+
+def model_for(name, channels, size, seed=0):
+    torch.manual_seed(seed)
+    config = make_config(tiny(model=name, synthetic_channels=channels))
+    return build_model(config, in_channels=channels, num_classes=10, image_size=size).double()
+
+
+@pytest.mark.parametrize("name, channels, size", MODELS)
+@pytest.mark.parametrize("batch, views", [(1, 1), (5, 1), (3, 2)])
+def test_norms_and_clipped_sum_match_microbatch_reference(name, channels, size, batch, views):
+    model = model_for(name, channels, size)
+    assert fast_clipping_unsupported(model) is None
+    # Inputs at very different scales: gradient norms far below and far above the clip norm.
+    scales = torch.logspace(-3, 1.5, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
+    images = torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
+    labels = torch.arange(batch) % 10
+    per_example = reference(copy.deepcopy(model), images, labels, views)
+    norms = per_example.norm(dim=1)
+    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
+    got_norms, summed = fast(model, images, labels, views, clip)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
+                               atol=1e-10)  # fmt: skip
+
+
+def test_zero_gradients_give_zero_norms_and_nothing_to_clip():
+    model = model_for("tramer_boneh_cnn", 1, 28)
+    with torch.no_grad():
+        model[-1].weight.zero_()  # the loss's gradient still reaches the head's bias only
+    images = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3])
+    per_example = reference(copy.deepcopy(model), images, labels, 1)
+    norms, summed = fast(model, images, labels, 1, clip=100.0)
+    torch.testing.assert_close(norms, per_example.norm(dim=1))
+    torch.testing.assert_close(summed, per_example.sum(0))  # far below C: unclipped sum
+
+
+def test_zero_conv_gain_uses_the_exact_fallback():
+    model = model_for("test_nfnet", 3, 32)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "gain") and not isinstance(module, ScalarGain):
+                module.gain[0] = 0.0  # the gain-free output cannot be read off the output
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    labels = torch.tensor([1, 2, 3])
+    per_example = reference(copy.deepcopy(model), images, labels, 1)
+    norms, _ = fast(model, images, labels, 1, clip=1.0)
+    torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-5, atol=1e-12)
+
+
+def test_frozen_layers_get_nothing_and_trainable_biases_are_exact():
+    from trainers.layers import select_trainable
+
+    model = model_for("wrn_10_1", 3, 32)
+    select_trainable(model, make_config(tiny(trainable_layers="bias_and_head")))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3])
+    ref_model = copy.deepcopy(model)
+    rows = []
+    for i in range(4):
+        ref_model.zero_grad()
+        F.cross_entropy(ref_model(images[i : i + 1]), labels[i : i + 1]).backward()
+        grads = [p.grad.flatten() for p in ref_model.parameters() if p.requires_grad]
+        rows.append(torch.cat(grads))
+    per_example = torch.stack(rows)
+    clipper = FastClipper(model, 0.5)
+    clipper.backward(F.cross_entropy(forward_with_input_grad(model, images), labels,
+                                     reduction="none"), 1)  # fmt: skip
+    torch.testing.assert_close(clipper.last_norms, per_example.norm(dim=1), rtol=1e-5, atol=0)
+    sums = clipper.take_sums()
+    assert set(sums) == {id(p) for p in trainable}
+
+
+def test_unsupported_layers_fall_back_to_opacus_with_a_log_line(caplog):
+    class Odd(nn.Module):  # a parameter used by a module the engine does not know
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), Odd())
+    assert "Odd" in fast_clipping_unsupported(model)
+    from trainers.loop import _clipping_engine
+
+    with caplog.at_level(logging.INFO, logger="trainers.loop"):
+        assert _clipping_engine(make_config(tiny()), model) == "opacus"
+    assert "fast clipping does not support Odd" in caplog.text
+    with pytest.raises(TrainerError, match="clipping=opacus"):
+        _clipping_engine(make_config(tiny(clipping="fast")), model)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"augmult": 2}, {"trainable_layers": "bias_and_head"},
+     {"model": "wrn_10_1", "synthetic_channels": 3, "synthetic_image_size": 32}],
+)  # fmt: skip
+def test_trainer_engines_train_the_same_model(extra):
+    # Same Poisson batches, same noise draws: the engines differ only in float rounding.
+    fast_run = train(make_config(tiny(**extra, clipping="fast")))
+    opacus_run = train(make_config(tiny(**extra, clipping="opacus")))
+    assert fast_run["clipping"] == "fast" and opacus_run["clipping"] == "opacus"
+    assert fast_run["steps"] == opacus_run["steps"]
+    assert fast_run["epsilon"] == opacus_run["epsilon"]
+    assert fast_run["val_loss"] == pytest.approx(opacus_run["val_loss"], rel=2e-3)
+
+
+def test_physical_batches_add_up_to_the_logical_one():
+    whole = train(make_config(tiny(max_physical_batch_size=256)))
+    split = train(make_config(tiny(max_physical_batch_size=16)))
+    assert whole["clipping"] == "fast"
+    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-4)
