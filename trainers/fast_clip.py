@@ -37,6 +37,7 @@ said in one log line (`fast_clipping_unsupported` gives the reason).
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +109,7 @@ class _Layer:
         self.activations: torch.Tensor | None = None
         self.backprops: torch.Tensor | None = None
         self.outputs: torch.Tensor | None = None
+        self.method: dict = {}  # per-example kernel chosen per input shape
         self.handles = [module.register_forward_hook(self._forward)]
 
     def _forward(self, module, inputs, output):
@@ -157,7 +159,7 @@ class _Layer:
                                        rows=a.shape[0] // views * groups):  # fmt: skip
                 # Few channels, many positions: each example's gradient (B, groups, p, d),
                 # by the convolution's weight-gradient kernel with the batch as groups.
-                self.per_example = _conv_per_example(module, a, g, self.padding, views)
+                self.per_example = self._per_example(a, g, views)
                 self.bias_rows = g.flatten(2).sum(2)
                 self.a = self.g = None
                 return
@@ -183,6 +185,23 @@ class _Layer:
             a = a.reshape(a.shape[0], groups, -1, a.shape[-1])
             g = g.reshape(g.shape[0], groups, -1, g.shape[-1])
         self.a, self.g = a, g
+
+    def _per_example(self, a, g, views) -> torch.Tensor:
+        """Per-example conv gradients by the faster of two exact kernels for this layer and
+        batch shape, measured on first use (which wins depends on shapes and hardware)."""
+        key = (a.shape, views)
+        choice = self.method.setdefault(key, {})
+        if isinstance(choice, dict):  # still measuring: each kernel's best of TRIALS calls
+            candidates = (_conv_per_example_unfolded, _conv_per_example_grouped)
+            pending = [c for c in candidates if len(choice.get(c, [])) < KERNEL_TRIALS]
+            if not pending:
+                choice = self.method[key] = min(candidates, key=lambda c: min(choice[c]))
+            else:
+                started = time.perf_counter()
+                result = pending[0](self.module, a, g, self.padding, views)
+                choice.setdefault(pending[0], []).append(time.perf_counter() - started)
+                return result
+        return choice(self.module, a, g, self.padding, views)
 
     def squared_norms(self) -> torch.Tensor:
         """Each example's squared gradient norm over this layer's trainable parameters."""
@@ -350,9 +369,25 @@ def _per_example_is_cheaper(positions: int, out_features: int, in_features: int,
     return direct <= 2 * ghost and rows * out_features * in_features <= PER_EXAMPLE_BUDGET
 
 
-def _conv_per_example(module, a, g, padding, views: int) -> torch.Tensor:
+KERNEL_TRIALS = 2
+"""Calls of each per-example kernel timed before a layer settles on the faster (the first
+call of a kernel also pays for its setup)."""
+
+
+def _conv_per_example_unfolded(module, a, g, padding, views: int) -> torch.Tensor:
     """Each example's weight gradient (B, groups, p, d) of a conv layer, its views averaged:
-    the weight-gradient kernel with the batch folded into the groups."""
+    g aᵀ per example on the unfolded input."""
+    rows, groups = a.shape[0], module.groups
+    unfolded = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding,
+                        stride=module.stride)  # fmt: skip
+    unfolded = unfolded.reshape(rows, groups, -1, unfolded.shape[-1])
+    grads = g.flatten(2).reshape(rows, groups, -1, unfolded.shape[-1])
+    per_row = torch.matmul(grads, unfolded.transpose(-1, -2))
+    return per_row.reshape(rows // views, views, *per_row.shape[1:]).mean(1)
+
+
+def _conv_per_example_grouped(module, a, g, padding, views: int) -> torch.Tensor:
+    """The same by the convolution's weight-gradient kernel, the batch folded into groups."""
     rows, in_channels = a.shape[0], a.shape[1]
     out_channels, groups = g.shape[1], module.groups
     grads = torch.nn.grad.conv2d_weight(
@@ -463,15 +498,21 @@ def noise_and_average(
     max_grad_norm: float,
     expected_batch_size: float,
     generator: torch.Generator,
+    buffers: dict | None = None,
 ) -> None:
-    """p.grad = (Σ clipped + N(0, σ²C²)) / expected batch size, as Opacus does for a mean loss."""
+    """p.grad = (Σ clipped + N(0, σ²C²)) / expected batch size, as Opacus does for a mean loss.
+
+    `buffers` (id(param) → tensor), kept by the caller across steps, holds the noise draws.
+    """
     for param in params:
+        # The draws Opacus's optimizer makes (same generator, same parameter order), into a
+        # buffer kept across steps: a fresh 68 M-float tensor per step costs page faults.
+        noise = buffers.get(id(param)) if buffers is not None else None
+        if noise is None or noise.shape != param.shape:
+            noise = torch.empty_like(param)
+            if buffers is not None:
+                buffers[id(param)] = noise
+        noise.normal_(0, noise_multiplier * max_grad_norm, generator=generator)
         summed = sums.get(id(param))
-        if summed is None:
-            summed = torch.zeros_like(param)
-        # As Opacus's optimizer does (same draws in the same parameter order).
-        noise = torch.normal(
-            mean=0, std=noise_multiplier * max_grad_norm, size=param.shape,
-            device=param.device, generator=generator, dtype=param.dtype,
-        )  # fmt: skip
-        param.grad = (summed.to(param.dtype) + noise) / expected_batch_size
+        grad = noise.clone() if summed is None else summed.to(param.dtype).add_(noise)
+        param.grad = grad.div_(expected_batch_size)

@@ -478,6 +478,7 @@ class _FastDpStep:
         self.physical = config.max_physical_batch_size
         self.clipper = FastClipper(model, config.max_grad_norm)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.noise_buffers: dict[int, torch.Tensor] = {}
         self._last_chunk = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -519,6 +520,7 @@ class _FastDpStep:
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.expected_batch_size,
             generator=self.noise_generator,
+            buffers=self.noise_buffers,
         )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
