@@ -39,3 +39,24 @@ needs_fashion_mnist = pytest.mark.skipif(
     reason="Fashion-MNIST IDX files missing: apt-get install -y dataset-fashion-mnist "
     "(.ci/run installs them, so CI never skips this)",
 )
+
+
+def microbatch_gradients(model, images, labels, views: int = 1):
+    """The reference for every clipping test: each example's gradient from its own backward
+    passes (the mean over its `views` rows i·K … i·K+K−1), flattened over the trainable
+    parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = []
+    for i in range(len(labels)):
+        grads = []
+        for k in range(views):
+            model.zero_grad()
+            row = i * views + k
+            F.cross_entropy(model(images[row : row + 1]), labels[i : i + 1]).backward()
+            grads.append(
+                torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+            )
+        rows.append(torch.stack(grads).mean(0))
+    return torch.stack(rows)

@@ -14,17 +14,7 @@ from trainers import make_config
 from trainers.loop import _DpStep, _make_optimizer
 from trainers.models import build_model
 
-from .conftest import tiny
-
-
-def _reference_gradients(model, images, labels):
-    """One flat gradient per example, each from its own forward/backward pass."""
-    grads = []
-    for i in range(len(labels)):
-        model.zero_grad()
-        F.cross_entropy(model(images[i : i + 1]), labels[i : i + 1]).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    return torch.stack(grads)
+from .conftest import microbatch_gradients, tiny
 
 
 def _dp_step_for(model_name, channels, size, max_grad_norm):
@@ -69,11 +59,11 @@ def test_clipped_sum_matches_microbatch_reference(model_name, channels, size, ba
     labels = torch.arange(batch) % 10
 
     probe, reference = _dp_step_for(model_name, channels, size, max_grad_norm=1.0)
-    norms = _reference_gradients(reference, images, labels).norm(dim=1)
+    norms = microbatch_gradients(reference, images, labels).norm(dim=1)
     clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2  # some clipped, some not
 
     step, reference = _dp_step_for(model_name, channels, size, max_grad_norm=clip)
-    per_example = _reference_gradients(reference, images, labels)
+    per_example = microbatch_gradients(reference, images, labels)
     factors = (clip / (per_example.norm(dim=1) + 1e-6)).clamp(max=1.0)
     clipped = per_example * factors[:, None]
     assert (clipped.norm(dim=1) <= clip * (1 + 1e-9)).all()
@@ -109,7 +99,7 @@ def test_weight_standardised_groupnorm_resnetv2_matches_microbatch_reference():
         [0.01, 1.0, 10.0], dtype=torch.float64
     ).view(-1, 1, 1, 1)
     labels = torch.tensor([1, 4, 7])
-    per_example = _reference_gradients(reference, images, labels)
+    per_example = microbatch_gradients(reference, images, labels)
     clip = float(per_example.norm(dim=1).median())
     config = make_config(tiny(noise_multiplier=1e-12, target_epsilon=None, max_grad_norm=clip))
     step = _DpStep(model=model, optimizer=_make_optimizer(config, model.parameters()),

@@ -15,7 +15,7 @@ from trainers import TrainerError, make_config, train
 from trainers.fast_clip import FastClipper, fast_clipping_unsupported, forward_with_input_grad
 from trainers.models import ScalarGain, build_model
 
-from .conftest import tiny
+from .conftest import microbatch_gradients, tiny
 
 MODELS = [
     ("tramer_boneh_cnn", 1, 28),  # Conv2d (direct and ghost norms), Linear
@@ -24,20 +24,6 @@ MODELS = [
     ("test_nfnet", 3, 32),  # grouped ScaledStdConv2dSame with gains, SE convs, skip-init gains
     ("test_resnet", 3, 32),  # BatchNorm → GroupNorm, in-place residual adds
 ]
-
-
-def reference(model, images, labels, views):
-    """Per example: the mean of its views' gradients, each from its own backward pass."""
-    rows = []
-    for i in range(len(labels)):
-        grads = []
-        for k in range(views):
-            model.zero_grad()
-            row = i * views + k
-            F.cross_entropy(model(images[row : row + 1]), labels[i : i + 1]).backward()
-            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-        rows.append(torch.stack(grads).mean(0))
-    return torch.stack(rows)
 
 
 def fast(model, images, labels, views, clip):
@@ -66,7 +52,7 @@ def test_norms_and_clipped_sum_match_microbatch_reference(name, channels, size, 
     scales = torch.logspace(-3, 1.5, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
     images = torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
     labels = torch.arange(batch) % 10
-    per_example = reference(copy.deepcopy(model), images, labels, views)
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
     norms = per_example.norm(dim=1)
     clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
     got_norms, summed = fast(model, images, labels, views, clip)
@@ -82,7 +68,7 @@ def test_zero_gradients_give_zero_norms_and_nothing_to_clip():
         model[-1].weight.zero_()  # the loss's gradient still reaches the head's bias only
     images = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3])
-    per_example = reference(copy.deepcopy(model), images, labels, 1)
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
     norms, summed = fast(model, images, labels, 1, clip=100.0)
     torch.testing.assert_close(norms, per_example.norm(dim=1))
     torch.testing.assert_close(summed, per_example.sum(0))  # far below C: unclipped sum
@@ -96,7 +82,7 @@ def test_zero_conv_gain_uses_the_exact_fallback():
                 module.gain[0] = 0.0  # the gain-free output cannot be read off the output
     images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     labels = torch.tensor([1, 2, 3])
-    per_example = reference(copy.deepcopy(model), images, labels, 1)
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
     norms, _ = fast(model, images, labels, 1, clip=1.0)
     torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-5, atol=1e-12)
 
@@ -109,14 +95,7 @@ def test_frozen_layers_get_nothing_and_trainable_biases_are_exact():
     trainable = [p for p in model.parameters() if p.requires_grad]
     images = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3])
-    ref_model = copy.deepcopy(model)
-    rows = []
-    for i in range(4):
-        ref_model.zero_grad()
-        F.cross_entropy(ref_model(images[i : i + 1]), labels[i : i + 1]).backward()
-        grads = [p.grad.flatten() for p in ref_model.parameters() if p.requires_grad]
-        rows.append(torch.cat(grads))
-    per_example = torch.stack(rows)
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
     clipper = FastClipper(model, 0.5)
     clipper.backward(F.cross_entropy(forward_with_input_grad(model, images), labels,
                                      reduction="none"), 1)  # fmt: skip

@@ -23,7 +23,7 @@ from trainers.layers import blocks, head_module, select_trainable
 from trainers.loop import _average_views, _DpStep, _make_optimizer
 from trainers.models import build_model
 
-from .conftest import ROOT, tiny
+from .conftest import ROOT, microbatch_gradients, tiny
 
 # --- augmentation multiplicity --------------------------------------------------------------
 
@@ -58,16 +58,7 @@ def test_augmult_averages_view_gradients_before_clipping(model_name, channels):
     images = torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
     labels = torch.arange(batch) % 10
 
-    per_example = []
-    for i in range(batch):
-        view_grads = []
-        for k in range(views):
-            reference.zero_grad()
-            row = i * views + k
-            F.cross_entropy(reference(images[row : row + 1]), labels[i : i + 1]).backward()
-            view_grads.append(torch.cat([p.grad.flatten() for p in reference.parameters()]))
-        per_example.append(torch.stack(view_grads).mean(dim=0))
-    per_example = torch.stack(per_example)
+    per_example = microbatch_gradients(reference, images, labels, views)
     clip = float(per_example.norm(dim=1).median())  # some examples clipped, some not
     factors = (clip / (per_example.norm(dim=1) + 1e-6)).clamp(max=1.0)
 
