@@ -31,7 +31,6 @@ import pandas as pd
 import accounting
 from results.load import EPSILON_DIGITS, Experiment
 
-RULES = ("skip", "stop-time", "random-stopping")
 SKIP_GRID = 48
 MAX_LEVELS = 12
 

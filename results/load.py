@@ -228,6 +228,7 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
     events = accounting.executed_events(records)
     statuses = latest_status(records)
     first_report, last_record = _times(records)
+    latest = _latest_records(records)
     ids = sorted(set(events) | set(statuses) | set(tune_rows))
     fallback = _load_trials_csv(path, warnings)
 
@@ -246,7 +247,7 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
             )
             row["trial_epsilon"] = math.inf
             row["status"] = "failed" if tune.get("failed") else _tune_status(tune)
-        last = _last_record(records, trial_id)
+        last = latest.get(trial_id)
         row.update(
             steps=last.steps if last else tune.get("steps"),
             sample_rate=last.sample_rate if last else tune.get("sample_rate"),
@@ -301,9 +302,14 @@ def _tune_status(tune: dict) -> str:
     return "completed" if tune.get("done") else "stopped"
 
 
-def _last_record(records: list[LedgerRecord], trial_id: str) -> LedgerRecord | None:
-    mine = [r for r in records if r.trial_id == trial_id]
-    return max(mine, key=lambda r: (r.steps, r.time)) if mine else None
+def _latest_records(records: list[LedgerRecord]) -> dict[str, LedgerRecord]:
+    """Each trial's record with the most steps (the newest among equals), in one pass."""
+    latest: dict[str, LedgerRecord] = {}
+    for record in records:
+        best = latest.get(record.trial_id)
+        if best is None or (record.steps, record.time) >= (best.steps, best.time):
+            latest[record.trial_id] = record
+    return latest
 
 
 def _times(records: list[LedgerRecord]) -> tuple[dict[str, float], dict[str, float]]:

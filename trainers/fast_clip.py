@@ -447,7 +447,6 @@ class FastClipper:
             for m in model.modules()
             if any(p.requires_grad for p in m.parameters(recurse=False))
         ]
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self.sums: dict[int, torch.Tensor] = {}
         self.last_norms: torch.Tensor | None = None
 
