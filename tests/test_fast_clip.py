@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainers import TrainerError, make_config, train
-from trainers.fast_clip import FastClipper, fast_clipping_unsupported, forward_with_input_grad
+from trainers.fast_clip import (
+    FastClipper,
+    _explicit_padding,
+    fast_clipping_unsupported,
+    forward_with_input_grad,
+    per_example_kernels,
+)
 from trainers.models import ScalarGain, build_model
 
 from .conftest import microbatch_gradients, tiny
@@ -60,6 +66,60 @@ def test_norms_and_clipped_sum_match_microbatch_reference(name, channels, size, 
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
                                atol=1e-10)  # fmt: skip
+
+
+CONVS = [  # (in, out, kernel, stride, padding, dilation, groups): every shape rule a kernel has
+    (1, 4, 8, 2, 2, 1, 1),  # the CNN's first layer
+    (3, 4, 3, 1, 1, 1, 1),
+    (4, 6, (3, 2), (2, 1), (1, 0), 1, 1),  # rectangular kernel, unequal strides and padding
+    (3, 4, 3, 2, 0, 2, 1),  # dilated; the swapped kernel's output overhangs the kernel
+    (4, 6, 3, 1, 1, 1, 2),  # grouped
+    (4, 4, 3, 1, 1, 1, 4),  # depthwise
+    (3, 4, 4, 1, "same", 1, 1),  # asymmetric "same" padding
+    (3, 4, 3, 2, "valid", 1, 1),
+]
+
+
+@pytest.mark.parametrize("conv", CONVS)
+@pytest.mark.parametrize("views", [1, 2])
+def test_every_per_example_kernel_gives_each_examples_gradient(conv, views):
+    # Each kernel the engine may pick by timing, against autograd on one example at a time.
+    in_ch, out_ch, kernel, stride, padding, dilation, groups = conv
+    torch.manual_seed(0)
+    module = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups).double()
+    inputs = torch.randn(3 * views, in_ch, 11, 10, dtype=torch.float64)
+    outputs = module(inputs)
+    output_grads = torch.randn_like(outputs)
+    expected = []
+    for i in range(3):
+        rows = slice(i * views, (i + 1) * views)
+        (grad,) = torch.autograd.grad(module(inputs[rows]), module.weight, output_grads[rows])
+        expected.append(grad / views)  # an example's gradient is the mean over its views
+    expected = torch.stack(expected).reshape(3, groups, out_ch // groups, -1)
+    padded, explicit = _explicit_padding(module, inputs)
+    kernels = per_example_kernels(module)
+    assert len(kernels) == (3 if groups == 1 else 2)
+    for kernel_fn in kernels:
+        got = kernel_fn(module, padded, output_grads, explicit, views)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=kernel_fn.__name__)
+
+
+def test_same_padded_convs_match_the_microbatch_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 4, padding="same"), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2),
+        nn.Flatten(), nn.Linear(4 * 5 * 5, 3),
+    ).double()  # fmt: skip
+    assert fast_clipping_unsupported(model) is None
+    images = torch.randn(4, 2, 11, 11, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 0])
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
+    clip = float(per_example.norm(dim=1).median())
+    norms, summed = fast(model, images, labels, 1, clip)
+    torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-6, atol=1e-12)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-6,
+                               atol=1e-12)  # fmt: skip
 
 
 def test_zero_gradients_give_zero_norms_and_nothing_to_clip():

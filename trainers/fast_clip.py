@@ -143,28 +143,20 @@ class _Layer:
         module = self.module
         self.raw = (a, g)  # for the clipped sum, by the convolution's own weight-grad kernel
         if self.kind == "conv":
-            if _is_same_padding(module):
-                from timm.layers import pad_same
-
-                a = pad_same(a, module.kernel_size, module.stride, module.dilation)
-                self.raw = (a, g)
-                self.padding = 0
-            else:
-                self.padding = module.padding
+            a, self.padding = _explicit_padding(module, a)
+            self.raw = (a, g)
             self.views = views
             groups = module.groups
             positions = views * g.shape[2] * g.shape[3]
             fan_in = a.shape[1] // groups * module.kernel_size[0] * module.kernel_size[1]
             if _per_example_is_cheaper(positions, g.shape[1] // groups, fan_in,
                                        rows=a.shape[0] // views * groups):  # fmt: skip
-                # Few channels, many positions: each example's gradient (B, groups, p, d),
-                # by the convolution's weight-gradient kernel with the batch as groups.
+                # Few channels, many positions: each example's gradient (B, groups, p, d).
                 self.per_example = self._per_example(a, g, views)
-                self.bias_rows = g.flatten(2).sum(2)
+                self.bias_sample = _mean_views(g.flatten(2).sum(2), views)
                 self.a = self.g = None
                 return
-            a = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=self.padding,
-                         stride=module.stride)  # fmt: skip
+            a = _unfold(a, module, self.padding)
             g = g.flatten(2)
         elif self.kind == "linear":
             a = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
@@ -187,12 +179,12 @@ class _Layer:
         self.a, self.g = a, g
 
     def _per_example(self, a, g, views) -> torch.Tensor:
-        """Per-example conv gradients by the faster of two exact kernels for this layer and
-        batch shape, measured on first use (which wins depends on shapes and hardware)."""
+        """Per-example conv gradients by the fastest exact kernel for this layer and batch
+        shape, measured on first use (which wins depends on shapes and hardware)."""
         key = (a.shape, views)
         choice = self.method.setdefault(key, {})
         if isinstance(choice, dict):  # still measuring: each kernel's best of TRIALS calls
-            candidates = (_conv_per_example_unfolded, _conv_per_example_grouped)
+            candidates = per_example_kernels(self.module)
             pending = [c for c in candidates if len(choice.get(c, [])) < KERNEL_TRIALS]
             if not pending:
                 choice = self.method[key] = min(candidates, key=lambda c: min(choice[c]))
@@ -226,8 +218,7 @@ class _Layer:
             total = torch.zeros(self.per_example.shape[0], dtype=self.per_example.dtype,
                                 device=self.per_example.device)  # fmt: skip
             if bias is not None and bias.requires_grad:
-                rows = self.bias_rows
-                total = total + rows.reshape(-1, self.views, rows.shape[1]).mean(1).pow(2).sum(1)
+                total = total + self.bias_sample.pow(2).sum(1)
         else:
             total = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
             if bias is not None and bias.requires_grad:
@@ -238,8 +229,8 @@ class _Layer:
         if not (weight_trains or gain_trains):
             return total
         if self.std is None:
-            if self.per_example is not None:
-                return total + self.per_example.pow(2).sum((1, 2, 3))
+            if self.per_example is not None:  # a fused norm: one pass, no squared copy
+                return total + torch.linalg.vector_norm(self.per_example.flatten(1), dim=1) ** 2
             return total + self._plain_norms(a, g)
         return total + self._standardised_norms(a, g, weight_trains, gain_trains)
 
@@ -313,31 +304,39 @@ class _Layer:
             if module.bias is not None and module.bias.requires_grad:
                 _add(sums, module.bias, (factors[:, None] * self.bias_sample).sum(0))
             return
-        # Rows are views: each carries its example's factor, over K (its gradient is the mean).
-        a, g = self.raw
-        rows = (factors / self.views).repeat_interleave(self.views)
-        weighted = g * rows.view(-1, *([1] * (g.dim() - 1)))
         bias = getattr(module, "bias", None)
-        if bias is not None and bias.requires_grad:
-            if self.kind == "conv":
-                bias_sum = weighted.reshape(weighted.shape[0], weighted.shape[1], -1).sum((0, 2))
-            else:
-                bias_sum = weighted.reshape(-1, weighted.shape[-1]).sum(0)
-            _add(sums, bias, bias_sum)
+        bias_trains = bias is not None and bias.requires_grad
         gain = getattr(module, "gain", None) if self.std == "scaled" else None
         trains = [p for p in (module.weight, gain) if p is not None and p.requires_grad]
-        if not trains:
-            return
-        if self.per_example is not None:  # materialised already: the clipped sum is cheap
-            summed = torch.einsum("b,bgpd->gpd", factors.to(self.per_example.dtype),
-                                  self.per_example).reshape(module.weight.shape)  # fmt: skip
-        elif self.kind == "conv":
-            summed = torch.nn.grad.conv2d_weight(
-                a, module.weight.shape, weighted, stride=module.stride, padding=self.padding,
-                dilation=module.dilation, groups=module.groups,
-            )  # fmt: skip
+        if self.per_example is not None:  # materialised already: the clipped sums are cheap
+            factors = factors.to(self.per_example.dtype)
+            if bias_trains:
+                _add(sums, bias, factors @ self.bias_sample)
+            if not trains:
+                return
+            summed = (factors @ self.per_example.flatten(1)).reshape(module.weight.shape)
         else:
-            summed = weighted.reshape(-1, weighted.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+            # Rows are views: each carries its example's factor, over K (its gradient is the
+            # mean), on the output gradients; then the layer's own weight-gradient kernel.
+            a, g = self.raw
+            rows = (factors / self.views).repeat_interleave(self.views)
+            weighted = g * rows.view(-1, *([1] * (g.dim() - 1)))
+            if bias_trains:
+                if self.kind == "conv":
+                    bias_sum = weighted.reshape(weighted.shape[0], weighted.shape[1], -1)
+                    bias_sum = bias_sum.sum((0, 2))
+                else:
+                    bias_sum = weighted.reshape(-1, weighted.shape[-1]).sum(0)
+                _add(sums, bias, bias_sum)
+            if not trains:
+                return
+            if self.kind == "conv":
+                summed = torch.nn.grad.conv2d_weight(
+                    a, module.weight.shape, weighted, stride=module.stride,
+                    padding=self.padding, dilation=module.dilation, groups=module.groups,
+                )  # fmt: skip
+            else:
+                summed = weighted.reshape(-1, weighted.shape[-1]).T @ a.reshape(-1, a.shape[-1])
         if self.std is None:
             _add(sums, module.weight, summed)
             return
@@ -378,12 +377,10 @@ def _conv_per_example_unfolded(module, a, g, padding, views: int) -> torch.Tenso
     """Each example's weight gradient (B, groups, p, d) of a conv layer, its views averaged:
     g aᵀ per example on the unfolded input."""
     rows, groups = a.shape[0], module.groups
-    unfolded = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding,
-                        stride=module.stride)  # fmt: skip
+    unfolded = _unfold(a, module, padding)
     unfolded = unfolded.reshape(rows, groups, -1, unfolded.shape[-1])
     grads = g.flatten(2).reshape(rows, groups, -1, unfolded.shape[-1])
-    per_row = torch.matmul(grads, unfolded.transpose(-1, -2))
-    return per_row.reshape(rows // views, views, *per_row.shape[1:]).mean(1)
+    return _mean_views(torch.matmul(grads, unfolded.transpose(-1, -2)), views)
 
 
 def _conv_per_example_grouped(module, a, g, padding, views: int) -> torch.Tensor:
@@ -396,7 +393,70 @@ def _conv_per_example_grouped(module, a, g, padding, views: int) -> torch.Tensor
         g.reshape(1, rows * out_channels, *g.shape[2:]),
         stride=module.stride, padding=padding, dilation=module.dilation, groups=rows * groups,
     )  # fmt: skip
-    return grads.reshape(rows // views, views, groups, out_channels // groups, -1).mean(1)
+    return _mean_views(grads.reshape(rows, groups, out_channels // groups, -1), views)
+
+
+def _conv_per_example_swapped(module, a, g, padding, views: int) -> torch.Tensor:
+    """The same as one forward convolution with the roles swapped (ungrouped layers):
+    ∇W[b,o,c,k] = Σ_l g[b,o,l] a[b,c,s·l + d·k] correlates input channel c (now the batch)
+    with each example's output gradient (now a depthwise kernel, dilated by the stride)."""
+    rows, in_channels = a.shape[0], a.shape[1]
+    out_channels = g.shape[1]
+    kh, kw = module.kernel_size
+    a = F.pad(a, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else a
+    correlated = F.conv2d(
+        a.transpose(0, 1), g.reshape(rows * out_channels, 1, *g.shape[2:]),
+        stride=module.dilation, dilation=module.stride, groups=rows,
+    )[:, :, :kh, :kw]  # fmt: skip  (positions past the kernel's extent are not weights)
+    grads = correlated.reshape(in_channels, rows, out_channels, kh * kw).permute(1, 2, 0, 3)
+    return _mean_views(grads.reshape(rows, 1, out_channels, in_channels * kh * kw), views)
+
+
+def per_example_kernels(module: nn.Conv2d) -> tuple:
+    """The exact per-example gradient kernels that apply to this conv layer."""
+    kernels = (_conv_per_example_unfolded, _conv_per_example_grouped)
+    return kernels + (_conv_per_example_swapped,) if module.groups == 1 else kernels
+
+
+def _explicit_padding(module: nn.Conv2d, a: torch.Tensor):
+    """The input as the convolution sees it and the symmetric padding still to apply: timm's
+    `*Same` convs and nn.Conv2d's padding="same" pad (maybe asymmetrically) here."""
+    if _is_same_padding(module):
+        from timm.layers import pad_same
+
+        return pad_same(a, module.kernel_size, module.stride, module.dilation), (0, 0)
+    if module.padding == "valid":
+        return a, (0, 0)
+    if module.padding == "same":  # stride 1 (PyTorch's rule): the extra pixel goes last
+        pads = []
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return F.pad(a, pads), (0, 0)
+    return a, tuple(module.padding)
+
+
+def _unfold(a: torch.Tensor, module: nn.Conv2d, padding) -> torch.Tensor:
+    """F.unfold's (B, C·kh·kw, L), by a strided view and one copy (several times faster
+    than im2col on CPU)."""
+    if any(padding):
+        a = F.pad(a, (padding[1], padding[1], padding[0], padding[0]))
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    rows, channels, height, width = a.shape
+    out_h = (height - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width - dw * (kw - 1) - 1) // sw + 1
+    s = a.stride()
+    view = a.as_strided(
+        (rows, channels, kh, kw, out_h, out_w),
+        (s[0], s[1], dh * s[2], dw * s[3], sh * s[2], sw * s[3]),
+        a.storage_offset(),
+    )  # fmt: skip
+    return view.reshape(rows, channels * kh * kw, out_h * out_w)
+
+
+def _mean_views(x: torch.Tensor, views: int) -> torch.Tensor:
+    """Rows (B·K, …) → (B, …): the mean over each example's K views (no copy for K = 1)."""
+    return x if views == 1 else x.reshape(x.shape[0] // views, views, *x.shape[1:]).mean(1)
 
 
 def _standardisation(module):
