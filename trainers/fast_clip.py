@@ -404,10 +404,14 @@ def _conv_per_example_swapped(module, a, g, padding, views: int) -> torch.Tensor
     out_channels = g.shape[1]
     kh, kw = module.kernel_size
     a = F.pad(a, (padding[1], padding[1], padding[0], padding[0])) if any(padding) else a
+    # Positions past the kernel's extent (when the stride does not divide) are not weights.
     correlated = F.conv2d(
-        a.transpose(0, 1), g.reshape(rows * out_channels, 1, *g.shape[2:]),
-        stride=module.dilation, dilation=module.stride, groups=rows,
-    )[:, :, :kh, :kw]  # fmt: skip  (positions past the kernel's extent are not weights)
+        a.transpose(0, 1),
+        g.reshape(rows * out_channels, 1, *g.shape[2:]),
+        stride=module.dilation,
+        dilation=module.stride,
+        groups=rows,
+    )[:, :, :kh, :kw]
     grads = correlated.reshape(in_channels, rows, out_channels, kh * kw).permute(1, 2, 0, 3)
     return _mean_views(grads.reshape(rows, 1, out_channels, in_channels * kh * kw), views)
 
@@ -429,7 +433,7 @@ def _explicit_padding(module: nn.Conv2d, a: torch.Tensor):
         return a, (0, 0)
     if module.padding == "same":  # stride 1 (PyTorch's rule): the extra pixel goes last
         pads = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return F.pad(a, pads), (0, 0)
