@@ -6,6 +6,7 @@ plan (and the same drawn K) instead of drawing again.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -17,8 +18,8 @@ import numpy as np
 
 import accounting
 import spaces
-from spaces import Choice, IntUniform
-from trainers import make_config
+from spaces import Choice
+from trainers import check_runnable, make_config
 from trainers.data import load_splits
 
 PLAN_FILENAME = "search.json"
@@ -121,9 +122,22 @@ def make_plan(
     searched = {k: v for k, v in space.searched.items() if k not in fixed}
     if "delta" in searched:
         raise SearchError("a search needs one δ for all its trials: fix it with --delta.")
+    if budget_epsilon is not None and "noise_multiplier" in overrides:
+        raise SearchError(
+            "--target-epsilon plans σ for every trial; drop --set noise_multiplier (or drop "
+            "the budget to run that σ)."
+        )
+    negative_binomial = mode == "random-stopping" and trials_distribution == "negative-binomial"
+    if eta is not None and not negative_binomial:
+        raise SearchError(
+            "--eta applies to --search-accounting random-stopping with --trials-distribution "
+            "negative-binomial; drop it."
+        )
     base = make_config({**space.default_config(), **fixed})
     delta = base.delta
-    n_train = len(load_splits(base).train)
+    splits = load_splits(base)
+    n_train = len(splits.train)
+    _check_trials_can_run(base.to_dict(), searched, splits)
     worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
     if base.private and delta >= 1.0 / n_train:
         raise SearchError(f"--delta {delta} is not below 1/n = {1 / n_train:.2g}; lower it.")
@@ -190,23 +204,38 @@ def searched_space(plan: SearchPlan) -> dict[str, Any]:
     return {k: v for k, v in space.searched.items() if k not in plan.fixed}
 
 
+def _values(key: str, base: dict, searched: dict) -> list:
+    """The values of `key` a trial can have: the fixed one, a choice's values, a range's ends."""
+    dist = searched.get(key)
+    if dist is None:
+        return [base[key]]
+    if isinstance(dist, Choice):
+        return list(dist.values)
+    return [dist.low, dist.high]
+
+
+def _check_trials_can_run(base: dict, searched: dict, splits) -> None:
+    """Refuse here, once, what every trial would refuse on the cluster: the largest batch (and
+    TAN reference batch) against the data, and each model, resolution and layer selection the
+    space can draw (see `trainers.check_runnable`)."""
+    largest = {"batch_size": max(int(b) for b in _values("batch_size", base, searched))}
+    references = [int(b) for b in _values("tan_reference_batch", base, searched) if b]
+    if references:
+        largest["tan_reference_batch"] = max(references)
+    keys = ("model", "image_size", "trainable_layers", "clipping")
+    configs = [
+        make_config({**base, **largest, **dict(zip(keys, values, strict=True))})
+        for values in itertools.product(*(_values(k, base, searched) for k in keys))
+    ]
+    check_runnable(configs, splits)
+
+
 def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int]:
     """The largest q and the largest T over every configuration the space can draw."""
-
-    def values(key: str) -> list:
-        dist = searched.get(key)
-        if dist is None:
-            return [base[key]]
-        if isinstance(dist, Choice):
-            return list(dist.values)
-        if isinstance(dist, IntUniform):
-            return [dist.low, dist.high]
-        return [dist.low, dist.high]
-
-    batches = [int(b) for b in values("batch_size")]
-    epochs = max(int(e) for e in values("epochs"))
+    batches = [int(b) for b in _values("batch_size", base, searched)]
+    epochs = max(int(e) for e in _values("epochs", base, searched))
     worst_q = max(1.0 / math.ceil(n_train / b) for b in batches)
     # TAN trials take the steps of their reference batch (see trainers.planned_steps).
-    step_batches = [int(b) for b in values("tan_reference_batch") if b] or batches
+    step_batches = [int(b) for b in _values("tan_reference_batch", base, searched) if b] or batches
     worst_t = epochs * max(math.ceil(n_train / b) for b in step_batches)
     return worst_q, worst_t

@@ -127,6 +127,8 @@ def _plan(args) -> tuple[dict, list[str]]:
         raise accounting.AccountingError(
             "give --noise-multiplier, or --target-epsilon to calibrate it."
         )
+    if args.steps < 1:
+        raise accounting.AccountingError(f"--steps must be ≥ 1 (got {args.steps}).")
     distribution = _distribution(args)
     if args.num_trials is not None and args.num_trials < 1:
         raise accounting.AccountingError(f"--num-trials must be ≥ 1 (got {args.num_trials}).")
@@ -162,6 +164,12 @@ def _plan(args) -> tuple[dict, list[str]]:
                 budget_epsilon=args.target_epsilon, delta=delta, sample_rate=q,
                 noise_multiplier=sigma, steps=steps, accountant=args.accountant,
             )  # fmt: skip
+            if fit == 0:
+                raise accounting.AccountingError(
+                    f"one such trial already spends ε = {_eps(trial_eps)} > the budget "
+                    f"{args.target_epsilon:g}; raise --noise-multiplier, or lower --steps or "
+                    "--sample-rate."
+                )
             result["max_trials"] = fit
             lines.append(
                 f"a budget of ε={args.target_epsilon:g} allows {fit} such trials, composed."
@@ -185,6 +193,20 @@ def _plan(args) -> tuple[dict, list[str]]:
 
 
 def _ledger(args) -> tuple[dict, list[str]]:
+    given = [
+        flag
+        for flag, value in (
+            ("--sample-rate", args.sample_rate), ("--steps", args.steps),
+            ("--noise-multiplier", args.noise_multiplier), ("--num-trials", args.num_trials),
+            ("--target-epsilon", args.target_epsilon),
+        )
+        if value is not None
+    ]  # fmt: skip
+    if given:
+        raise accounting.AccountingError(
+            f"--ledger reads the mechanisms that ran; drop {', '.join(given)} (or --ledger to "
+            "plan instead)."
+        )
     ledger = PrivacyLedger(args.ledger)
     if not ledger.path.exists():
         raise accounting.AccountingError(

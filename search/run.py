@@ -20,6 +20,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import accounting  # noqa: E402
 import spaces  # noqa: E402
+from search.plan import SearchError, SearchPlan, make_plan  # noqa: E402
 from trainers import TrainerError, parse_overrides  # noqa: E402
 
 DASHBOARD_PORT = 8265
@@ -142,21 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         for space in registered:
             print(f"{space.name:<{width}}  {space.description}")
         return 0
-    from search.plan import SearchError
-
     try:
         return _run(args)
     except (SearchError, spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the experiment directory filled up or turned read-only
+        where = error.filename or args.storage_path
+        print(
+            f"error: cannot write {where} ({error.strerror or error}); free space or fix its "
+            "permissions, then continue with --resume --name NAME (the ledger keeps every "
+            "step already run).",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def _run(args) -> int:
-    from search.plan import SearchError, SearchPlan, make_plan
-
     if args.resume:
         if not args.name:
             raise SearchError("--resume needs --name (and --storage-path) of the experiment.")
+        _check_name(args.name)
         experiment_dir = (args.storage_path / args.name).resolve()
         plan = SearchPlan.load(experiment_dir)
     else:
@@ -172,6 +179,12 @@ def _run(args) -> int:
         ):
             if value < 0:
                 raise SearchError(f"{flag} must be ≥ 0 (got {value}).")
+        if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
+            raise SearchError("a trial needs a CPU or a GPU: give --cpus-per-trial above 0.")
+        if args.num_cpus is not None and args.num_cpus < 1:
+            raise SearchError(f"--num-cpus must be ≥ 1 (got {args.num_cpus}).")
+        _check_name(args.name)
+        _check_storage(args.storage_path)
         name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_dir = (args.storage_path / name).resolve()
         if experiment_dir.exists():
@@ -195,6 +208,11 @@ def _run(args) -> int:
             scheduler=args.scheduler,
             seed=args.seed,
         )
+        if plan.fixed.get("device") == "cuda" and args.gpus_per_trial == 0:
+            raise SearchError("--set device=cuda needs --gpus-per-trial above 0 (e.g. 1).")
+    if plan.num_trials > 0:
+        _start_ray(args)  # before anything is written: an unreachable cluster leaves no folder
+    if not args.resume:
         try:
             experiment_dir.mkdir(parents=True)
         except OSError as error:
@@ -212,7 +230,6 @@ def _run(args) -> int:
     from search.summary import summarize
     from search.tuner import build_tuner
 
-    _start_ray(args)
     tuner = build_tuner(
         plan,
         experiment_dir=experiment_dir,
@@ -239,6 +256,45 @@ def _run(args) -> int:
     )
     ray.shutdown()
     return 0
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes: try its port once, briefly, first."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return  # "auto" reads the local cluster's address file; clients have their own timeout
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except OSError as error:
+        raise SearchError(
+            f"cannot reach a Ray cluster at {address} ({error.strerror or error}); start it "
+            "with `ray start --head`, check the address, or drop --address to run locally."
+        ) from None
+
+
+def _check_storage(storage: Path) -> None:
+    """--storage-path exists (or is created) and takes files, before anything else starts."""
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SearchError(
+            f"cannot create --storage-path {str(storage)!r} ({error.strerror}); choose another."
+        ) from None
+    if not os.access(storage, os.W_OK):
+        raise SearchError(f"--storage-path {str(storage)!r} is not writable; choose another.")
+
+
+def _check_name(name: str | None) -> None:
+    """An experiment name is one folder inside --storage-path, never a path out of it."""
+    if name is None:
+        return
+    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
+        raise SearchError(
+            f"--name must be one folder name (got {name!r}); put the folder's location in "
+            "--storage-path."
+        )
 
 
 def _describe(plan, experiment_dir: Path) -> None:
@@ -268,9 +324,23 @@ def _start_ray(args) -> None:
     import ray
 
     if args.address:
-        ray.init(address=args.address)
+        _check_reachable(args.address)
+        try:
+            ray.init(address=args.address)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise SearchError(
+                f"cannot join the Ray cluster at {args.address} ({reason}); start it with "
+                "`ray start --head`, check the address, or drop --address to run locally."
+            ) from None
         print(f"Joined the Ray cluster at {args.address}.")
         return
+    if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: the Ray dashboard listens on {args.dashboard_host}, reachable from other "
+            "machines; its API still requires the token in ~/.ray/auth_token.",
+            file=sys.stderr,
+        )
     context = ray.init(
         num_cpus=args.num_cpus,
         include_dashboard=True,

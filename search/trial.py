@@ -1,7 +1,8 @@
 """One trial under Ray Tune: the trainer, its checkpoints, and its lines in the privacy ledger.
 
-The ledger is written from inside the trial as it runs (fsynced per report), so whatever
-happens to the driver, every executed step is on disk.
+The ledger is written from inside the trial as it runs, fsynced, and ahead of each epoch
+(its steps are recorded before it touches data), so whatever happens to the driver or to the
+trial's own process, every executed step is on disk.
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
 
     pending: dict[str, Any] = {}
     last: dict[str, Any] = {}
+    claimed: dict[str, Any] = {}
+
+    def before_epoch(upcoming: dict[str, Any]) -> None:
+        # Written ahead: the epoch's steps count before it runs, so a kill mid-epoch (no
+        # Python left to record anything) still leaves them in the ledger.
+        claimed.update(upcoming)
+        ledger.append(_record(trial_id, attempt, upcoming, train_config, "running"))
 
     def save_state(trial_state: dict[str, Any]) -> None:
         pending["state"] = trial_state
@@ -78,7 +86,7 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
             tune.report(_for_tune(metrics), checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
-        train(train_config, report, state=state, save_state=save_state)
+        train(train_config, report, state=state, save_state=save_state, before_epoch=before_epoch)
     except SystemExit:
         # Tune ends a trial it stops (ASHA, a stopper, the final result) with sys.exit(0)
         # inside `tune.report`; the steps already reported stay counted.
@@ -86,8 +94,10 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
             ledger.append(_record(trial_id, attempt, last, train_config, "stopped"))
         raise
     except BaseException:
-        if last:  # the epoch in flight is lost with the process; reported steps count
-            ledger.append(_record(trial_id, attempt, last, train_config, "failed"))
+        # The epoch in flight counts whole (its steps were claimed before it ran).
+        ran = max((last, claimed), key=lambda m: m.get("steps", -1))
+        if ran:
+            ledger.append(_record(trial_id, attempt, ran, train_config, "failed"))
         raise
 
 

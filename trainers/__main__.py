@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         base = smoke_config(space.name, out_dir) if args.smoke else space.default_config()
         config = make_config({**base, **parse_overrides(args.overrides)})
         history: list[dict[str, Any]] = []
-        final = train(config, _LedgerReport(out_dir, history))
+        ledger_report = _LedgerReport(out_dir, history)
+        final = train(config, ledger_report, before_epoch=ledger_report.before_epoch)
     except (spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -101,8 +102,15 @@ class _LedgerReport:
         self.attempt = uuid.uuid4().hex[:12]
         self.history = history
 
+    def before_epoch(self, upcoming: dict[str, Any]) -> None:
+        """The coming epoch's steps, recorded before it runs (a kill mid-epoch keeps them)."""
+        self._append({**upcoming, "done": False})
+
     def __call__(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
+        self._append(metrics)
+
+    def _append(self, metrics: dict[str, Any]) -> None:
         self.ledger.append(
             accounting.LedgerRecord(
                 trial_id="single",

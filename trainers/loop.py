@@ -6,6 +6,7 @@ asks `accounting` for ε; it does no privacy math itself.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -54,6 +55,7 @@ def train(
     *,
     state: dict[str, Any] | None = None,
     save_state: Callable[[dict[str, Any]], None] | None = None,
+    before_epoch: Report | None = None,
 ) -> dict[str, Any]:
     """Run one trial; call `report` after every epoch; return the final metrics.
 
@@ -67,6 +69,9 @@ def train(
             with the same model, optimizer, sampler, noise, augmentation and EMA states.
         save_state: called with the trial's state after every epoch, before `report` (a
             checkpoint: the Ray wrapper stores it so a restarted trial resumes).
+        before_epoch: called before each epoch touches data with the mechanism as it will be
+            at that epoch's end (`steps` an upper bound): a privacy ledger written ahead, so
+            a process killed mid-epoch still counts the whole epoch (never fewer steps).
     """
     report = report or (lambda metrics: None)
     device = _device(config)
@@ -74,15 +79,7 @@ def train(
     _seed_everything(config.seed)
     splits = load_splits(config)
     n_train = len(splits.train)
-    if config.batch_size > n_train:
-        raise TrainerError(
-            f"batch_size={config.batch_size} exceeds the {n_train} training examples; lower it."
-        )
-    if config.private and config.delta >= 1.0 / n_train:
-        raise TrainerError(
-            f"delta={config.delta} is not below 1/n = {1.0 / n_train:.2g} for n={n_train} "
-            "training examples, which permits releasing whole examples; lower delta."
-        )
+    check_fits_data(config, n_train)
 
     # Head-only trials train the head alone on the frozen backbone's features (computed once
     # per model, weights, data and resolution): same parameters, same mechanism, a fraction of
@@ -156,6 +153,13 @@ def train(
     started = time.monotonic()
     metrics: dict[str, Any] = {}
     for epoch in range(first_epoch, mechanism.epochs + 1):
+        if before_epoch is not None:
+            upcoming = min(planned_steps, steps + mechanism.steps_per_epoch)
+            before_epoch({
+                "epoch": epoch, "steps": upcoming, "start_steps": start_steps,
+                "sample_rate": sample_rate, "noise_multiplier": noise_multiplier,
+                "n_train": n_train, "tan_simulated": mechanism.simulated,
+            })  # fmt: skip
         model.train()
         if cached is None:
             set_frozen_modes(model, config)
@@ -260,6 +264,47 @@ def _evaluate_split(split, model, splits, dataset, groups, prepare, config, ema)
     return metrics
 
 
+def check_fits_data(config: TrainConfig, n_train: int) -> None:
+    """The settings that only the data set's size can refuse."""
+    if config.batch_size > n_train:
+        raise TrainerError(
+            f"batch_size={config.batch_size} exceeds the {n_train} training examples; lower it."
+        )
+    if config.tan_reference_batch is not None and config.tan_reference_batch > n_train:
+        raise TrainerError(
+            f"tan_reference_batch={config.tan_reference_batch} exceeds the {n_train} training "
+            "examples; lower it."
+        )
+    if config.private and config.delta >= 1.0 / n_train:
+        raise TrainerError(
+            f"delta={config.delta} is not below 1/n = {1.0 / n_train:.2g} for n={n_train} "
+            "training examples, which permits releasing whole examples; lower delta."
+        )
+
+
+def check_runnable(configs: list[TrainConfig], splits: Splits) -> None:
+    """Everything `train` would refuse before its first step, checked without training, for
+    each config: the data's size, the weights file, the model (known, loadable, made
+    DP-compatible), the layer selection and the clipping engine. A search's driver calls it
+    for every model its space can draw, so a bad setting fails there in one sentence instead
+    of in every trial on the cluster. Each distinct model is built once."""
+    built: dict = {}
+    for config in configs:
+        check_fits_data(config, len(splits.train))
+        check_pretrained_file(config)
+        size = config.image_size or splits.image_size
+        key = (config.model, config.pretrained, config.pretrained_file, size, config.seed)
+        if key not in built:
+            built[key] = build_model(
+                config, in_channels=splits.channels, num_classes=splits.num_classes,
+                image_size=size,
+            )  # fmt: skip
+        model = copy.deepcopy(built[key])
+        select_trainable(model, config)
+        if config.private:
+            _clipping_engine(config, model)
+
+
 @dataclass(frozen=True)
 class MechanismPlan:
     """The DP-SGD mechanism a trial will run, decided before it starts."""
@@ -296,12 +341,7 @@ def plan_mechanism(config: TrainConfig, n_train: int) -> MechanismPlan:
     # TAN (Sander et al. 2023): at a fixed number of steps S, what matters is σ/B. The
     # reference run (batch B0, `epochs` epochs) has S steps and the σ0 meeting the target;
     # the simulation runs S steps at batch B with σ = σ0·B/B0.
-    reference_batch = config.tan_reference_batch
-    if reference_batch > n_train:
-        raise TrainerError(
-            f"tan_reference_batch={reference_batch} exceeds the {n_train} training examples; "
-            "lower it."
-        )
+    reference_batch = config.tan_reference_batch  # ≤ n_train: see check_fits_data
     reference_per_epoch = math.ceil(n_train / reference_batch)
     steps = planned_steps(config, n_train)
     sigma0 = _noise_multiplier(config, 1.0 / reference_per_epoch, steps)
