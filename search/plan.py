@@ -19,7 +19,7 @@ import numpy as np
 import accounting
 import spaces
 from spaces import Choice
-from trainers import check_runnable, make_config
+from trainers import check_runnable, make_config, plan_mechanism
 from trainers.data import load_splits
 
 PLAN_FILENAME = "search.json"
@@ -228,6 +228,14 @@ def _check_trials_can_run(base: dict, searched: dict, splits) -> None:
         for values in itertools.product(*(_values(k, base, searched) for k in keys))
     ]
     check_runnable(configs, splits)
+    targets = [t for t in _values("target_epsilon", base, searched) if t is not None]
+    if base.get("noise_multiplier") is not None and "noise_multiplier" not in searched and targets:
+        # A fixed σ against per-trial targets: the costliest trial must meet the smallest.
+        costliest = {
+            **base, **largest, "target_epsilon": min(targets),
+            "epochs": max(int(e) for e in _values("epochs", base, searched)),
+        }  # fmt: skip
+        plan_mechanism(make_config(costliest), len(splits.train))
 
 
 def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int]:

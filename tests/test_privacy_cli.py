@@ -116,35 +116,3 @@ def test_epsilon_of_a_recorded_search(tmp_path):
     assert data["epsilon"] > expected_trial and data["num_trials"] == 2
     assert data["trial_status"] == {"completed": 1, "stopped": 1}
     assert "1 stopped" in result.stdout
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["--sample-rate", "1.5", "--steps", "10", "--noise-multiplier", "1"], "sample_rate"),
-        (["--sample-rate", "0", "--steps", "10", "--noise-multiplier", "1"], "sample_rate"),
-        (["--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "0"], "noise_multiplier"),
-        (["--sample-rate", "0.1", "--steps", "-3", "--noise-multiplier", "1"], "steps"),
-        (["--sample-rate", "0.1", "--steps", "10"], "--target-epsilon"),
-        (["--steps", "10", "--noise-multiplier", "1"], "--sample-rate"),
-        (["--sample-rate", "0.1", "--steps", "10", "--target-epsilon", "-2"], "target_epsilon"),
-        (["--ledger", "/nonexistent/dir"], "no privacy ledger"),
-    ],
-)
-def test_bad_input_is_one_sentence(args, fragment):
-    assert_one_sentence_error(run("search/privacy.py", *args, "--delta", "1e-5"), fragment)
-
-
-@pytest.mark.parametrize("delta", ["0", "1", "2"])
-def test_impossible_delta_is_one_sentence(delta):
-    result = run(
-        "search/privacy.py", "--sample-rate", "0.1", "--steps", "10", "--noise-multiplier", "1",
-        "--delta", delta,
-    )  # fmt: skip
-    assert_one_sentence_error(result, "delta")
-
-
-def test_unknown_distribution_is_refused():
-    result = run("search/privacy.py", *DE_ET_AL, "--noise-multiplier", "1", "--trials-mean", "3",
-                 "--trials-distribution", "uniform")  # fmt: skip
-    assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -21,7 +21,6 @@ import accounting
 from accounting.ledger import latest_status, read_ledger
 
 from .conftest import ROOT
-from .test_cli import assert_one_sentence_error
 
 TINY = [
     "--space", "fmnist_quick",
@@ -96,35 +95,6 @@ def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
     assert len({r.trial_id for r in read_ledger(directory)}) == k
     assert ledger_epsilon(directory, plan) <= 6.0
     assert "only the best one released" in (directory / "pareto.md").read_text()
-
-
-@pytest.mark.parametrize(
-    "args, fragment",
-    [
-        (["--search-accounting", "random-stopping", "--scheduler", "asha"], "--scheduler fifo"),
-        (["--search-accounting", "random-stopping", "--searcher", "optuna"], "--searcher random"),
-        (["--num-samples", "0"], "--num-samples"),
-        (["--space", "nope"], "unknown search space"),
-    ],
-)
-def test_search_bad_input_is_one_sentence(tmp_path, args, fragment):
-    result = search(*TINY, *args, "--storage-path", str(tmp_path), "--name", "x", timeout=120)
-    assert_one_sentence_error(result, fragment)
-    assert not (tmp_path / "x").exists()
-
-
-def test_existing_experiment_is_never_overwritten(tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "privacy_ledger.jsonl").write_text("kept\n")
-    result = search(*TINY, "--storage-path", str(tmp_path), "--name", "taken", timeout=120)
-    assert_one_sentence_error(result, "--resume")
-    assert (tmp_path / "taken" / "privacy_ledger.jsonl").read_text() == "kept\n"
-
-
-def test_resume_of_something_that_is_not_an_experiment(tmp_path):
-    (tmp_path / "empty").mkdir()
-    result = search("--storage-path", str(tmp_path), "--name", "empty", "--resume", timeout=120)
-    assert_one_sentence_error(result, "not an experiment directory")
 
 
 def test_resume_after_the_driver_is_killed_counts_nothing_twice(tmp_path):
