@@ -21,6 +21,7 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 import accounting  # noqa: E402
 import spaces  # noqa: E402
 from search.plan import SearchError, SearchPlan, make_plan  # noqa: E402
+from search.tuner import StorageError, build_tuner, storage_problem  # noqa: E402
 from trainers import TrainerError, parse_overrides  # noqa: E402
 
 DASHBOARD_PORT = 8265
@@ -148,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchError, spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StorageError as error:
+        print(
+            f"error: the experiment directory {error.directory} {error.problem}, so the search "
+            f"stopped; free space or make it writable, then continue it with --resume --name "
+            f"{error.directory.name} (the privacy ledger keeps every step already run).",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as error:  # the experiment directory filled up or turned read-only
         where = error.filename or args.storage_path
         print(
@@ -228,7 +237,6 @@ def _run(args) -> int:
     import ray
 
     from search.summary import summarize
-    from search.tuner import build_tuner
 
     tuner = build_tuner(
         plan,
@@ -239,7 +247,16 @@ def _run(args) -> int:
         max_failures=args.max_failures,
         resume=args.resume,
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except Exception as error:  # Tune wraps what its callbacks raise
+        problem = storage_problem(experiment_dir)
+        if problem is None:
+            raise
+        raise StorageError(experiment_dir, problem) from error
+    problem = storage_problem(experiment_dir)  # it may have filled up at the very end
+    if problem is not None:
+        raise StorageError(experiment_dir, problem)
     _, markdown = summarize(experiment_dir)
     if results.errors:
         first = str(results.errors[0]).strip().splitlines()[-1][:200]

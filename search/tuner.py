@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,7 @@ def build_tuner(
             num_samples=plan.num_trials,
             search_alg=search_alg,
             scheduler=scheduler,
-            max_concurrent_trials=max_concurrent or None,
+            max_concurrent_trials=(max_concurrent or None) if plan.searcher != "random" else None,
             metric=plan.metric if single_metric else None,
             mode="max" if single_metric else None,
         ),
@@ -89,7 +91,10 @@ def build_tuner(
             storage_path=str(experiment_dir.parent),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[PrivacyMetricsCallback(plan, experiment_dir)],
+            callbacks=[
+                PrivacyMetricsCallback(plan, experiment_dir),
+                StorageWatchdog(experiment_dir),
+            ],
             verbose=1,
         ),
     )
@@ -104,7 +109,8 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
     if plan.searcher == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=plan.seed)
+        # Its own limit: Tune ignores max_concurrent_trials for a SearchGenerator like this.
+        return BasicVariantGenerator(random_state=plan.seed, max_concurrent=max_concurrent)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -194,3 +200,63 @@ class PrivacyMetricsCallback(Callback):
         for name, value in values.items():
             self.gauges[name].set(value, tags=self.tags)
         return values
+
+
+MIN_FREE_BYTES = 8 << 20
+"""Below this much free space the experiment directory counts as full (checkpoints, the
+ledger's lines and Tune's own state all need room)."""
+
+
+def storage_problem(directory: Path) -> str | None:
+    """Why `directory` cannot take the search's writes (None: it can): read-only, (nearly)
+    full, or a small probe write fails."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if stats.f_flag & os.ST_RDONLY:
+        return "is on a read-only filesystem"
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"is full ({free // 1024} KiB free)"
+    probe = directory / ".write_probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"is full ({error.strerror})"
+        return f"cannot be written ({error.strerror})"
+    return None
+
+
+class StorageError(Exception):
+    """The experiment directory stopped taking writes during the search."""
+
+    def __init__(self, directory: Path, problem: str) -> None:
+        super().__init__(f"the experiment directory {directory} {problem}")
+        self.directory, self.problem = directory, problem
+
+
+class StorageWatchdog(Callback):
+    """Ends the search as soon as the experiment directory cannot take its writes (full
+    disk, read-only remount): trials would otherwise fail, retry and fail again, each retry a
+    new attempt on the data. It aborts the driver rather than stopping the trials, so Tune's
+    last saved state still lists them as unfinished and `--resume` continues them."""
+
+    CHECK_EVERY_S = 1.0
+
+    def __init__(self, experiment_dir: Path) -> None:
+        self.experiment_dir = Path(experiment_dir)
+        self.last_check = 0.0
+
+    def on_step_begin(self, iteration, trials, **info):
+        if time.monotonic() - self.last_check < self.CHECK_EVERY_S:
+            return
+        self.last_check = time.monotonic()
+        problem = storage_problem(self.experiment_dir)
+        if problem is not None:
+            raise StorageError(self.experiment_dir, problem)
