@@ -26,6 +26,13 @@ from results.frontier import (
 from results.load import EPSILON_DIGITS, Experiment, ExperimentError
 
 TABLES = ("search-adjusted", "frontier", "trials")
+STANDING = {
+    "search-adjusted": "DP release: its ε covers the whole search",
+    "frontier": "analyst-only: its ε covers one trial, not the search",
+    "trials": "analyst-only: its ε covers one trial, not the search",
+}
+"""What each table's rows are, written into every row of the CSV and JSON tables (a file that
+travels alone still says it)."""
 
 
 @dataclass
@@ -323,16 +330,15 @@ def to_latex(report: Report) -> str:
 def to_csv(report: Report, table: str | None = None) -> str:
     """One table as CSV, or (None) the two frontiers stacked with a `table` column."""
     if table is not None:
-        frame = _for_export(report.table(table))
+        frame = _standing(_for_export(report.table(table)), table)
     else:
         frame = pd.concat(
             [
-                _for_export(report.adjusted).assign(table="search-adjusted"),
-                _for_export(report.frontier).assign(table="frontier"),
+                _standing(_for_export(report.adjusted), "search-adjusted"),
+                _standing(_for_export(report.frontier), "frontier"),
             ],
             ignore_index=True,
         )
-        frame = frame[["table", *[c for c in frame.columns if c != "table"]]]
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     return buffer.getvalue()
@@ -341,7 +347,7 @@ def to_csv(report: Report, table: str | None = None) -> str:
 def to_json(report: Report, table: str | None = None) -> str:
     """Everything (or one table) as JSON; non-finite numbers: ∞ → "inf", NaN → null."""
     if table is not None:
-        return json.dumps(_records(report.table(table)), indent=2) + "\n"
+        return json.dumps(_records(_standing(report.table(table), table)), indent=2) + "\n"
     payload = {
         "experiments": [
             {
@@ -366,6 +372,12 @@ def to_json(report: Report, table: str | None = None) -> str:
             "delta": report.all_experiments[1],
         }
     return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+
+
+def _standing(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """`frame` with leading `table` and `standing` columns (see STANDING)."""
+    rest = [c for c in frame.columns if c not in ("table", "standing")]
+    return frame.assign(table=table, standing=STANDING[table])[["table", "standing", *rest]]
 
 
 def _for_export(frame: pd.DataFrame) -> pd.DataFrame:
