@@ -285,10 +285,14 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
     except OSError as error:
-        raise SearchError(
-            f"cannot reach a Ray cluster at {address} ({error.strerror or error}); start it "
-            "with `ray start --head`, check the address, or drop --address to run locally."
-        ) from None
+        raise _no_cluster(address, error.strerror or str(error)) from None
+
+
+def _no_cluster(address: str, reason: str) -> SearchError:
+    return SearchError(
+        f"cannot reach a Ray cluster at {address} ({reason}); start it with `ray start "
+        "--head`, check the address, or drop --address to run locally."
+    )
 
 
 def _check_storage(storage: Path) -> None:
@@ -345,11 +349,8 @@ def _start_ray(args) -> None:
         try:
             ray.init(address=args.address)
         except (ConnectionError, ValueError, RuntimeError) as error:
-            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-            raise SearchError(
-                f"cannot join the Ray cluster at {args.address} ({reason}); start it with "
-                "`ray start --head`, check the address, or drop --address to run locally."
-            ) from None
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0][:160]
+            raise _no_cluster(args.address, reason) from None
         print(f"Joined the Ray cluster at {args.address}.")
         return
     if args.dashboard_host not in ("127.0.0.1", "localhost", "::1"):

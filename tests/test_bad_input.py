@@ -30,6 +30,11 @@ TINY = [
 ]  # fmt: skip
 
 
+NO_DATA = ["--set", "data_dir=/nonexistent", "--set", "download=false"]
+NO_WEIGHTS = ["--set", "model=test_nfnet", "--set", "synthetic_channels=3",
+              "--set", "pretrained_file=/nonexistent/w.safetensors"]  # fmt: skip
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under `root` with a hash of its bytes."""
     return {
@@ -109,19 +114,11 @@ SEARCH_CASES = {
     "existing experiment": ([*TINY, "--name", "kept"], "continue it with --resume"),
     "device without GPUs": ([*TINY, "--set", "device=cuda"], "--gpus-per-trial above 0"),
     "missing data set": (
-        ["--space", "fmnist_quick", "--set", "data_dir=/nonexistent", "--set", "download=false"],
+        ["--space", "fmnist_quick", *NO_DATA],
         "Fashion-MNIST not found",
     ),
     "missing weights": (
-        [
-            *TINY,
-            "--set",
-            "model=test_nfnet",
-            "--set",
-            "synthetic_channels=3",
-            "--set",
-            "pretrained_file=/nonexistent/w.safetensors",
-        ],
+        [*TINY, *NO_WEIGHTS],
         "pretrained_file '/nonexistent/w.safetensors' does not exist",
     ),  # fmt: skip
     "unknown model": ([*TINY, "--set", "model=nope_net"], "unknown model 'nope_net'"),
@@ -289,19 +286,11 @@ TRAINER_CASES = {
     ),
     "unwritable output": ([*SMOKE, "--out", "{storage}/kept/search.json/sub"], "cannot create"),
     "missing data set": (
-        ["--space", "fmnist_quick", "--set", "data_dir=/nonexistent", "--set", "download=false"],
+        ["--space", "fmnist_quick", *NO_DATA],
         "Fashion-MNIST not found",
     ),
     "missing weights": (
-        [
-            *SMOKE,
-            "--set",
-            "model=test_nfnet",
-            "--set",
-            "synthetic_channels=3",
-            "--set",
-            "pretrained_file=/nonexistent/w.safetensors",
-        ],
+        [*SMOKE, *NO_WEIGHTS],
         "does not exist",
     ),  # fmt: skip
     "layers the engine cannot clip": (
