@@ -20,6 +20,7 @@ import accounting
 from accounting.ledger import latest_status, read_ledger
 
 from .conftest import ROOT
+from .test_security import assert_token_absent
 
 TINY = [
     "--space", "fmnist_quick",
@@ -55,6 +56,7 @@ def test_composition_search_with_budget_and_asha(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     directory = tmp_path / "comp"
+    assert_token_absent(result, directory)
     plan = json.loads((directory / "search.json").read_text())
     trials = pd.read_csv(directory / "trials.csv")
     records = read_ledger(directory)
