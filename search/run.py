@@ -265,6 +265,14 @@ def _run(args) -> int:
             "their reported steps are in the ledger; see error.txt in their trial folders.",
             file=sys.stderr,
         )
+    if len(results) < plan.num_trials:
+        print(
+            f"warning: {len(results)} of the {plan.num_trials} planned trials ran: Tune's saved "
+            "state lost the others (the experiment directory filled up or was damaged "
+            "mid-search). The ledger counts every step that ran; start a new search for more "
+            "trials.",
+            file=sys.stderr,
+        )
     print()
     print(markdown)
     print(
