@@ -141,7 +141,7 @@ class _Layer:
         a, g = self.activations, self.backprops
         self.activations = self.backprops = None
         module = self.module
-        self.raw = (a, g)  # for the clipped sum, by the convolution's own weight-grad kernel
+        # `raw`: for the clipped sum, by the layer's own weight-gradient kernel.
         if self.kind == "conv":
             a, self.padding = _explicit_padding(module, a)
             self.raw = (a, g)
@@ -159,6 +159,7 @@ class _Layer:
             a = _unfold(a, module, self.padding)
             g = g.flatten(2)
         elif self.kind == "linear":
+            self.raw = (a, g)
             a = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
             g = g.reshape(g.shape[0], -1, g.shape[-1]).transpose(1, 2)
         self.views = views

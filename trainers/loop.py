@@ -411,7 +411,30 @@ def _mechanism(
 # --- one optimisation step ------------------------------------------------------------------
 
 
-class _DpStep:
+class _StepState:
+    """What a step checkpoints: its model, its optimizer and its named generators (sampling,
+    noise, shuffling), so a resumed trial continues the very same random streams."""
+
+    GENERATORS: tuple[str, ...] = ()
+
+    def _saved_optimizer(self):
+        return self.optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self._saved_optimizer().state_dict(),
+            **{name: getattr(self, name).get_state() for name in self.GENERATORS},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self._saved_optimizer().load_state_dict(state["optimizer"])
+        for name in self.GENERATORS:
+            getattr(self, name).set_state(state[name])
+
+
+class _DpStep(_StepState):
     """DP-SGD with Opacus: Poisson sampling, per-example clipping, Gaussian noise, and logical
     batches split into physical ones (`BatchMemoryManager`) so large batches fit in memory."""
 
@@ -440,19 +463,10 @@ class _DpStep:
         )
         self.max_physical_batch_size = config.max_physical_batch_size
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.original_optimizer.state_dict(),
-            "sampling_generator": self.sampling_generator.get_state(),
-            "noise_generator": self.noise_generator.get_state(),
-        }
+    GENERATORS = ("sampling_generator", "noise_generator")
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.original_optimizer.load_state_dict(state["optimizer"])
-        self.sampling_generator.set_state(state["sampling_generator"])
-        self.noise_generator.set_state(state["noise_generator"])
+    def _saved_optimizer(self):
+        return self.optimizer.original_optimizer  # Opacus's wrapper holds no state of its own
 
     def batches(self):
         from opacus.utils.batch_memory_manager import BatchMemoryManager
@@ -497,7 +511,7 @@ def _clipping_engine(config: TrainConfig, model: nn.Module) -> str:
     return "opacus"
 
 
-class _FastDpStep:
+class _FastDpStep(_StepState):
     """DP-SGD with the fast clipping engine (trainers.fast_clip): Opacus's Poisson data loader,
     per-example norms without per-example gradients, and Gaussian noise added exactly as
     Opacus's optimizer adds it (same generator use, same order, same scaling), so a seed gives
@@ -521,19 +535,7 @@ class _FastDpStep:
         self.noise_buffers: dict[int, torch.Tensor] = {}
         self._last_chunk = False
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sampling_generator": self.sampling_generator.get_state(),
-            "noise_generator": self.noise_generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.sampling_generator.set_state(state["sampling_generator"])
-        self.noise_generator.set_state(state["noise_generator"])
+    GENERATORS = ("sampling_generator", "noise_generator")
 
     def batches(self):
         """Physical batches of every Poisson-sampled logical batch (the last one steps)."""
@@ -584,7 +586,7 @@ def _average_views(params, views: int) -> None:
         param.grad_sample = sample.view(-1, views, *sample.shape[1:]).mean(dim=1)
 
 
-class _NonPrivateStep:
+class _NonPrivateStep(_StepState):
     """Plain minibatch SGD for baselines: shuffled batches of `batch_size`, no clipping or
     noise, gradients accumulated over physical batches."""
 
@@ -596,17 +598,7 @@ class _NonPrivateStep:
         )
         self.physical = config.max_physical_batch_size
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "shuffle_generator": self.shuffle_generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.shuffle_generator.set_state(state["shuffle_generator"])
+    GENERATORS = ("shuffle_generator",)
 
     def batches(self):
         yield from self.loader
