@@ -147,25 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     except (SearchError, spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(f"error: {error}")
     except StorageError as error:
-        print(
+        return _fail(
             f"error: the experiment directory {error.directory} {error.problem}, so the search "
             f"stopped; free space or make it writable, then continue it with --resume --name "
-            f"{error.directory.name} (the privacy ledger keeps every step already run).",
-            file=sys.stderr,
+            f"{error.directory.name} (the privacy ledger keeps every step already run)."
         )
-        return 2
     except OSError as error:  # the experiment directory filled up or turned read-only
         where = error.filename or args.storage_path
-        print(
+        return _fail(
             f"error: cannot write {where} ({error.strerror or error}); free space or fix its "
             "permissions, then continue with --resume --name NAME (the ledger keeps every "
-            "step already run).",
-            file=sys.stderr,
+            "step already run)."
         )
-        return 2
+
+
+def _fail(message: str) -> int:
+    """Stop Ray first, then print the one sentence: trial workers torn down at exit print
+    their last words (Ray forwards them), which must not bury the reason the search stopped."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    print(message, file=sys.stderr)
+    return 2
 
 
 def _run(args) -> int:
