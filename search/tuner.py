@@ -83,6 +83,7 @@ def build_tuner(
             search_alg=search_alg,
             scheduler=scheduler,
             max_concurrent_trials=(max_concurrent or None) if plan.searcher != "random" else None,
+            reuse_actors=True,
             metric=plan.metric if single_metric else None,
             mode="max" if single_metric else None,
         ),
