@@ -1,11 +1,13 @@
-"""Soak: a search of many tiny trials, watching the driver's memory as the trials accumulate.
+"""Soak: a search of many tiny trials, watching memory as the trials accumulate.
 
 Runs `search/run.py` (embedded local Ray, tiny synthetic data, one epoch per trial) with
---num-samples trials and samples, every half second, the driver's resident memory and how many
-trials the ledger shows finished. Prints and (with --json) writes: the total wall time, the
-driver's peak RSS (the kernel's high-water mark), its RSS after each quarter of the trials,
-and the slope of RSS against finished trials over the second half of the run (what each extra
-trial costs the driver once it is warm; ≈ 0 means memory does not grow with the trials).
+--num-samples trials and samples, every half second, the driver's resident memory, the largest
+trial worker's (trials reuse their Ray actors, so one worker process runs many trials), and
+how many trials the ledger shows finished. Prints and (with --json) writes: the total wall
+time, the driver's peak RSS (the kernel's high-water mark), its RSS after each quarter of the
+trials, the largest worker RSS seen, and the slopes of driver and worker RSS against finished
+trials over the second half of the run (what each extra trial costs once warm; ≈ 0 means
+memory does not grow with the trials).
 
     python benchmarks/soak_search.py [--num-samples 200] [--searcher optuna] [--json FILE]
 
@@ -46,6 +48,19 @@ def _status_kib(pid: int, field: str) -> int | None:
     return None
 
 
+def _trial_workers() -> list[int]:
+    """Pids of the Ray actor processes running trials (their title is ray::dp_trial...)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::dp_trial"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # it exited between listing and reading
+    return pids
+
+
 def _finished(ledger: Path) -> int:
     if not ledger.exists():
         return 0
@@ -83,14 +98,17 @@ def main() -> None:
         with open(log, "w") as out:
             driver = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
             samples: list[dict] = []
-            peak = 0
+            peak = worker_peak = 0
             while driver.poll() is None:
                 rss = _status_kib(driver.pid, "VmRSS")
                 peak = max(peak, _status_kib(driver.pid, "VmHWM") or 0)
+                workers = [_status_kib(pid, "VmRSS") or 0 for pid in _trial_workers()]
+                worker_peak = max([worker_peak, *workers])
                 finished = _finished(ledger)
                 if rss is not None and finished >= 0:
                     samples.append({"t": time.monotonic() - started, "finished": finished,
-                                    "rss_kib": rss})  # fmt: skip
+                                    "rss_kib": rss, "worker_rss_kib": max(workers, default=0),
+                                    "workers": len(workers)})  # fmt: skip
                 time.sleep(0.5)
         wall = time.monotonic() - started
         if driver.returncode != 0:
@@ -105,6 +123,9 @@ def main() -> None:
     # While trials run (not the end, when the driver builds the report and the plot).
     second_half = [(s["finished"], s["rss_kib"]) for s in samples if n // 2 <= s["finished"] < n]
     slope = _slope(second_half) if len(second_half) > 2 else None
+    worker_half = [(s["finished"], s["worker_rss_kib"]) for s in samples
+                   if n // 2 <= s["finished"] < n and s["workers"]]  # fmt: skip
+    worker_slope = _slope(worker_half) if len(worker_half) > 2 else None
     figures = {
         "benchmark": "soak_search",
         "trials": n,
@@ -115,6 +136,9 @@ def main() -> None:
         "driver_peak_rss_mib": peak / 1024,
         "driver_rss_mib_when_finished": {k: v and v / 1024 for k, v in by_quarter.items()},
         "driver_rss_slope_kib_per_trial_second_half": slope,
+        "worker_peak_rss_mib": worker_peak / 1024,
+        "worker_rss_slope_kib_per_trial_second_half": worker_slope,
+        "most_trial_workers_at_once": max((s["workers"] for s in samples), default=0),
         "samples": samples,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
@@ -127,6 +151,9 @@ def main() -> None:
     )
     if slope is not None:
         print(f"driver RSS slope over the second half: {slope:+.1f} KiB per trial")
+    print(f"largest trial worker RSS {worker_peak / 1024:.0f} MiB", end="")
+    print(f"; its slope over the second half: {worker_slope:+.1f} KiB per trial"
+          if worker_slope is not None else "")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 
