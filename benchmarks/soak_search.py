@@ -49,12 +49,12 @@ def _status_kib(pid: int, field: str) -> int | None:
 
 
 def _trial_workers() -> list[int]:
-    """Pids of the Ray actor processes running trials (their title is ray::dp_trial...)."""
+    """Pids of the Ray actor processes running trials (Tune titles them ray::ImplicitFunc...)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::dp_trial"):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
                     pids.append(int(entry.name))
             except OSError:
                 continue  # it exited between listing and reading
