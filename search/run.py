@@ -23,6 +23,7 @@ import spaces  # noqa: E402
 from search.plan import SearchError, SearchPlan, make_plan  # noqa: E402
 from search.tuner import StorageError, build_tuner, storage_problem  # noqa: E402
 from trainers import TrainerError, parse_overrides  # noqa: E402
+from trainers.config import writable_directory  # noqa: E402
 
 DASHBOARD_PORT = 8265
 
@@ -200,7 +201,7 @@ def _run(args) -> int:
         if args.num_cpus is not None and args.num_cpus < 1:
             raise SearchError(f"--num-cpus must be ≥ 1 (got {args.num_cpus}).")
         _check_name(args.name)
-        _check_storage(args.storage_path)
+        writable_directory(args.storage_path, "--storage-path")
         name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_dir = (args.storage_path / name).resolve()
         if experiment_dir.exists():
@@ -308,18 +309,6 @@ def _no_cluster(address: str, reason: str) -> SearchError:
         f"cannot reach a Ray cluster at {address} ({reason}); start it with `ray start "
         "--head`, check the address, or drop --address to run locally."
     )
-
-
-def _check_storage(storage: Path) -> None:
-    """--storage-path exists (or is created) and takes files, before anything else starts."""
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SearchError(
-            f"cannot create --storage-path {str(storage)!r} ({error.strerror}); choose another."
-        ) from None
-    if not os.access(storage, os.W_OK):
-        raise SearchError(f"--storage-path {str(storage)!r} is not writable; choose another.")
 
 
 def _check_name(name: str | None) -> None:

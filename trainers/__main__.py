@@ -15,7 +15,7 @@ from typing import Any
 
 import accounting
 import spaces
-from trainers.config import TrainerError, make_config, parse_overrides
+from trainers.config import TrainerError, make_config, parse_overrides, writable_directory
 from trainers.loop import train
 from trainers.smoke import smoke_config
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         space = spaces.get_space(args.space)
-        out_dir = _prepare_out_dir(args.out)
+        out_dir = writable_directory(args.out, "--out")
         base = smoke_config(space.name, out_dir) if args.smoke else space.default_config()
         config = make_config({**base, **parse_overrides(args.overrides)})
         history: list[dict[str, Any]] = []
@@ -122,18 +122,6 @@ class _LedgerReport:
                 simulated=bool(metrics.get("tan_simulated", False)),
             )
         )
-
-
-def _prepare_out_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise TrainerError(
-            f"cannot create --out {str(path)!r} ({error.strerror}); choose another folder."
-        ) from None
-    if not os.access(path, os.W_OK):
-        raise TrainerError(f"--out {str(path)!r} is not writable; choose another folder.")
-    return path
 
 
 def _write_json_atomically(path: Path, data: dict) -> Path:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -328,3 +330,17 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
     raise TrainerError(f"{key} must be {names} (got {value!r}).")
+
+
+def writable_directory(path: Path, flag: str) -> Path:
+    """`path` created if need be and checked writable, or a one-sentence TrainerError naming
+    `flag`: the output folders the command lines take (--out, --storage-path)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainerError(
+            f"cannot create {flag} {str(path)!r} ({error.strerror}); choose another folder."
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise TrainerError(f"{flag} {str(path)!r} is not writable; choose another folder.")
+    return path
