@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from dp_accounting import dp_event
 
-from accounting.mechanism import AccountingError
-from accounting.search import trial_event
+from accounting.mechanism import AccountingError, validation_event
+from accounting.search import ParallelCurve, trial_event
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ class LedgerRecord:
     simulated: bool = False
     """A TAN simulation (a cheap stand-in for a larger-batch run); its steps count all the
     same: it read the data."""
+    val_noise_multiplier: float = 0.0
+    """σ_v of the trial's noisy validation scores, in units of the score's L2 sensitivity
+    (0 with no private validation releases: a public validation set, or none)."""
+    val_releases: int = 0
+    """Cumulative noisy validation scores released by the trial so far (restored ones too)."""
+    start_val_releases: int = 0
+    """Validation releases restored from a checkpoint when this attempt began."""
+    planned_val_releases: int | None = None
+    """Validation releases the trial will make if it runs to the end (reserved while running)."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -69,6 +79,16 @@ class LedgerRecord:
             raise LedgerError(
                 f"trial {self.trial_id}: steps={self.steps} must be ≥ start_steps="
                 f"{self.start_steps} ≥ 0."
+            )
+        if not (0 <= self.start_val_releases <= self.val_releases) or self.val_noise_multiplier < 0:
+            raise LedgerError(
+                f"trial {self.trial_id}: val_releases={self.val_releases} must be ≥ "
+                f"start_val_releases={self.start_val_releases} ≥ 0 and val_noise_multiplier ≥ 0."
+            )
+        if self.val_releases > self.start_val_releases and self.val_noise_multiplier == 0:
+            raise LedgerError(
+                f"trial {self.trial_id}: validation releases without noise are not private; "
+                "record their val_noise_multiplier."
             )
         if not (0 < self.sample_rate <= 1) or self.noise_multiplier < 0:
             raise LedgerError(
@@ -80,6 +100,11 @@ class LedgerRecord:
     def executed_steps(self) -> int:
         """Steps this attempt ran itself (not restored)."""
         return self.steps - self.start_steps
+
+    @property
+    def executed_val_releases(self) -> int:
+        """Validation scores this attempt released itself (not restored)."""
+        return self.val_releases - self.start_val_releases
 
 
 class PrivacyLedger:
@@ -198,50 +223,117 @@ def _looks_torn(raw: bytes) -> bool:
     return text.startswith(b"{") and not text.endswith(b"}")
 
 
-def executed_events(records: Iterable[LedgerRecord]) -> dict[str, dp_event.DpEvent]:
-    """Each trial's executed mechanism, from the latest record of each of its attempts."""
-    latest: dict[tuple[str, str], LedgerRecord] = {}
+@dataclass(frozen=True)
+class TrialAccount:
+    """What the ledger says about one trial (see `reduce_ledger`)."""
+
+    trial_id: str
+    train: dp_event.DpEvent
+    """Its executed DP-SGD steps (summed over attempts), plus reservations when asked."""
+    validation: dp_event.DpEvent
+    """Its noisy validation releases (summed over attempts), plus reservations when asked."""
+    status: str
+    """The status of its most recent record."""
+    latest: LedgerRecord
+    """Its most recent record (the newest attempt's)."""
+    most_steps: LedgerRecord
+    """The record with the most steps (the newest among equals): its q, σ and steps."""
+    first_time: float
+    """When its first record was written (a reservation: from then on it may touch data)."""
+    first_report_time: float
+    """When it first recorded steps beyond its start (NaN: never); before that, nothing it
+    computed from the data can have reached a searcher or scheduler."""
+    end_time: float
+    """When its last record was written."""
+
+    @property
+    def curve(self) -> ParallelCurve:
+        """Its RDP in the training and validation parts (see `ParallelCurve`)."""
+        return ParallelCurve.of(self.train, self.validation)
+
+
+def reduce_ledger(
+    records: Iterable[LedgerRecord], *, until: float | None = None, reserve: bool = False
+) -> dict[str, TrialAccount]:
+    """Every trial's account, the one reduction of a ledger that every reader uses.
+
+    A trial's executed steps (and validation releases) are, per attempt, those of the
+    attempt's latest record (the most steps), summed over its attempts: retries and resumes
+    neither lose nor double-count. Args:
+        until: only records written at or before this time (what had happened by then; the
+            steps claimed ahead of an epoch count from the claim on).
+        reserve: add, for each trial whose most recent record is `running`, the steps and
+            validation releases it still plans: what a budget must hold for it.
+    """
+    records = [r for r in records if until is None or r.time <= until]
+    by_attempt: dict[tuple[str, str], LedgerRecord] = {}
+    val_by_attempt: dict[tuple[str, str], LedgerRecord] = {}
+    by_trial: dict[str, list[LedgerRecord]] = defaultdict(list)
     for record in records:
         key = (record.trial_id, record.attempt)
-        if key not in latest or record.steps >= latest[key].steps:
-            latest[key] = record
-    steps: dict[str, dict[tuple[float, float], int]] = defaultdict(lambda: defaultdict(int))
-    for (trial_id, _), record in latest.items():
-        steps[trial_id][(record.sample_rate, record.noise_multiplier)] += record.executed_steps
-    return {
-        trial_id: trial_event([(q, sigma, n) for (q, sigma), n in sorted(parts.items())])
-        for trial_id, parts in sorted(steps.items())
-    }
+        if key not in by_attempt or record.steps >= by_attempt[key].steps:
+            by_attempt[key] = record
+        if key not in val_by_attempt or record.val_releases >= val_by_attempt[key].val_releases:
+            val_by_attempt[key] = record
+        by_trial[record.trial_id].append(record)
+    train: dict[str, dict[tuple[float, float], int]] = defaultdict(lambda: defaultdict(int))
+    validation: dict[str, dict[float, int]] = defaultdict(lambda: defaultdict(int))
+    for (trial_id, _), record in by_attempt.items():
+        train[trial_id][(record.sample_rate, record.noise_multiplier)] += record.executed_steps
+    for (trial_id, _), record in val_by_attempt.items():
+        if record.executed_val_releases:
+            validation[trial_id][record.val_noise_multiplier] += record.executed_val_releases
+    accounts = {}
+    for trial_id, mine in sorted(by_trial.items()):
+        # Ties in time go to the later line (the ledger is append-only).
+        latest = max(enumerate(mine), key=lambda item: (item[1].time, item[0]))[1]
+        most_steps = max(enumerate(mine), key=lambda item: (item[1].steps, item[1].time,
+                                                             item[0]))[1]  # fmt: skip
+        if reserve and latest.status == "running":
+            if latest.planned_steps is not None and latest.planned_steps > latest.steps:
+                key = (latest.sample_rate, latest.noise_multiplier)
+                train[trial_id][key] += latest.planned_steps - latest.steps
+            planned_val = latest.planned_val_releases
+            if planned_val is not None and planned_val > latest.val_releases:
+                validation[trial_id][latest.val_noise_multiplier] += (
+                    planned_val - latest.val_releases
+                )
+        reports = [r.time for r in mine if r.steps > r.start_steps]
+        accounts[trial_id] = TrialAccount(
+            trial_id=trial_id,
+            train=trial_event([(q, s, n) for (q, s), n in sorted(train[trial_id].items())]),
+            validation=_validation_event(validation[trial_id]),
+            status=latest.status,
+            latest=latest,
+            most_steps=most_steps,
+            first_time=min(r.time for r in mine),
+            first_report_time=min(reports) if reports else math.nan,
+            end_time=max(r.time for r in mine),
+        )
+    return accounts
+
+
+def _validation_event(releases: dict[float, int]) -> dp_event.DpEvent:
+    events = [
+        validation_event(noise_multiplier=sigma, releases=n)
+        for sigma, n in sorted(releases.items())
+        if n
+    ]
+    if not events:
+        return dp_event.NoOpDpEvent()
+    return events[0] if len(events) == 1 else dp_event.ComposedDpEvent(events)
+
+
+def executed_events(records: Iterable[LedgerRecord]) -> dict[str, dp_event.DpEvent]:
+    """Each trial's executed DP-SGD event (its training part; see `reduce_ledger`)."""
+    return {t: a.train for t, a in reduce_ledger(records).items()}
 
 
 def reserved_events(records: Iterable[LedgerRecord]) -> dict[str, dp_event.DpEvent]:
-    """Each trial's executed mechanism plus, while it is running, the steps it still plans.
-
-    What a budget check must count: a running trial may still spend its remaining steps.
-    """
-    records = list(records)
-    latest: dict[str, LedgerRecord] = {}
-    for record in records:  # the trial's most recent record (newest attempt)
-        if record.trial_id not in latest or record.time >= latest[record.trial_id].time:
-            latest[record.trial_id] = record
-    remaining = [
-        LedgerRecord(
-            trial_id=r.trial_id,
-            attempt="(reserved)",
-            sample_rate=r.sample_rate,
-            noise_multiplier=r.noise_multiplier,
-            steps=r.planned_steps - r.steps,
-        )  # fmt: skip
-        for r in latest.values()
-        if r.status == "running" and r.planned_steps is not None and r.planned_steps > r.steps
-    ]
-    return executed_events([*records, *remaining])
+    """Each trial's executed DP-SGD event plus, while it runs, the steps it still plans."""
+    return {t: a.train for t, a in reduce_ledger(records, reserve=True).items()}
 
 
 def latest_status(records: Iterable[LedgerRecord]) -> dict[str, str]:
     """Each trial's status in its most recent record."""
-    status: dict[str, tuple[float, str]] = {}
-    for record in records:
-        if record.trial_id not in status or record.time >= status[record.trial_id][0]:
-            status[record.trial_id] = (record.time, record.status)
-    return {trial_id: value for trial_id, (_, value) in status.items()}
+    return {t: a.status for t, a in reduce_ledger(records).items()}

@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from dp_accounting import dp_event, mechanism_calibration
@@ -89,6 +90,57 @@ def dp_sgd_event(*, sample_rate: float, noise_multiplier: float, steps: int) -> 
         dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)),
         int(steps),
     )
+
+
+@dataclass(frozen=True)
+class DpSgdSchedule:
+    """When a DP-SGD trial samples and steps: the one place (q, T) are derived from the data
+    set's size and the trial's batch settings (trainer, search planner and ledger all ask here).
+    """
+
+    sample_rate: float
+    """q = 1 / ⌈n / B⌉: Opacus's Poisson loader samples each example with the inverse of the
+    number of batches per epoch (slightly below B / n when B ∤ n); this is the q that runs."""
+    steps_per_epoch: int
+    """⌈n / B⌉ logical batches per pass over the data."""
+    steps: int
+    """T = epochs · ⌈n / B⌉, or with TAN epochs · ⌈n / B0⌉ (the reference run's steps)."""
+    epochs: int
+    """Passes to run: `epochs`, or with TAN ⌈T / steps_per_epoch⌉ (the last may be partial)."""
+    reference_sample_rate: float | None = None
+    """TAN only: q0 = 1 / ⌈n / B0⌉ of the reference run whose σ0 the simulation scales."""
+
+
+def dp_sgd_schedule(
+    *, n_train: int, batch_size: int, epochs: int, tan_reference_batch: int | None = None
+) -> DpSgdSchedule:
+    """q and T of a trial with `n_train` examples, expected batch B, `epochs` passes and,
+    for a TAN simulation (Sander et al. 2023), the reference batch B0 whose steps it takes."""
+    if n_train < 1 or batch_size < 1 or epochs < 1:
+        raise AccountingError(
+            f"a DP-SGD schedule needs n ≥ 1, B ≥ 1 and epochs ≥ 1 (got {n_train}, {batch_size}, "
+            f"{epochs})."
+        )
+    per_epoch = math.ceil(n_train / batch_size)
+    if tan_reference_batch is None:
+        return DpSgdSchedule(1.0 / per_epoch, per_epoch, per_epoch * epochs, epochs)
+    reference_per_epoch = math.ceil(n_train / tan_reference_batch)
+    steps = reference_per_epoch * epochs
+    return DpSgdSchedule(
+        1.0 / per_epoch, per_epoch, steps, math.ceil(steps / per_epoch), 1.0 / reference_per_epoch
+    )
+
+
+def validation_event(*, noise_multiplier: float, releases: int) -> dp_event.DpEvent:
+    """The event of `releases` noisy validation scores, each a Gaussian mechanism with noise
+    `noise_multiplier` × its L2 sensitivity (trainers/validation.py says what is released)."""
+    if releases < 0 or int(releases) != releases:
+        raise AccountingError(f"validation releases must be a whole number ≥ 0 (got {releases}).")
+    if releases == 0:
+        return dp_event.NoOpDpEvent()
+    if not (noise_multiplier > 0.0 and math.isfinite(noise_multiplier)):
+        return dp_event.NonPrivateDpEvent()  # an exact score of private data: ε = ∞
+    return dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), int(releases))
 
 
 def _make_accountant(accountant: str, *, calibrating: bool = False):

@@ -106,6 +106,11 @@ class SearchEpsilon:
     """The largest single trial's ε (what a report that ignored the search would show)."""
     covers: str
     """One sentence on what `epsilon` covers."""
+    spent: float | None = None
+    """What the ledger shows was spent (analyst-only: it depends on what the data made the
+    search do); `epsilon` is the plan's guarantee, fixed before the search."""
+    exceeded: bool = False
+    """The ledger shows more than the plan allowed (then `epsilon` covers the ledger)."""
 
 
 def trial_event(parts: Sequence[tuple[float, float, int]]) -> dp_event.DpEvent:
@@ -275,6 +280,171 @@ class RdpCurve:
 _CURVE_CACHE: dict[str, RdpCurve] = {}
 
 
+@dataclass(frozen=True, eq=False)
+class ParallelCurve:
+    """The RDP of a search whose trials read two disjoint parts of the private data set: the
+    training part (DP-SGD steps) and the validation part (noisy validation scores).
+
+    ε of the whole search = ε of the pointwise maximum max(train(α), validation(α)), not of
+    their sum. Proof sketch (parallel composition, add/remove neighbours): each record goes to
+    one part by a keyed hash of its own content (trainers/data.py), so adding or removing one
+    record changes exactly one part and leaves the other identical. Treat the search as an
+    adaptive sequence of mechanisms whose outputs are every noisy gradient (hence every
+    intermediate model: DP-SGD's analysis releases them all) and every noisy validation score;
+    each mechanism reads one part and the earlier outputs. If the neighbours differ in the
+    training part, every validation mechanism has the same output distribution on both given
+    the earlier outputs (same validation records, same model), so its Rényi divergence is 0 and
+    adaptive composition gives Σ train(α); symmetrically Σ validation(α) if they differ in the
+    validation part. A pair differs in one part only, so max(Σ train, Σ validation) bounds
+    every pair at every order α, and the usual RDP → (ε, δ) conversion applies to that maximum.
+    With no validation releases the result equals plain composition (tests compare it with
+    dp_accounting's ComposedDpEvent); it is never larger than the sum of both parts.
+    """
+
+    train: RdpCurve
+    validation: RdpCurve
+
+    @classmethod
+    def zero(cls) -> ParallelCurve:
+        return cls(RdpCurve.zero(), RdpCurve.zero())
+
+    @classmethod
+    def of(
+        cls, train: dp_event.DpEvent, validation: dp_event.DpEvent | None = None
+    ) -> ParallelCurve:
+        """A trial's curve from its training event and its validation releases' event."""
+        return cls(
+            RdpCurve.of(train),
+            RdpCurve.zero() if validation is None else RdpCurve.of(validation),
+        )
+
+    def __add__(self, other: ParallelCurve) -> ParallelCurve:
+        """Both trials run (composition within each part)."""
+        return ParallelCurve(self.train + other.train, self.validation + other.validation)
+
+    def __mul__(self, times: int) -> ParallelCurve:
+        """`times` such trials composed."""
+        return ParallelCurve(
+            RdpCurve(self.train.orders, self.train.values * times),
+            RdpCurve(self.validation.orders, self.validation.values * times),
+        )
+
+    def maximum(self, other: ParallelCurve) -> ParallelCurve:
+        """Pointwise maximum in each part: a curve that bounds either mechanism."""
+        return ParallelCurve(
+            RdpCurve(self.train.orders, np.maximum(self.train.values, other.train.values)),
+            RdpCurve(
+                self.validation.orders,
+                np.maximum(self.validation.values, other.validation.values),
+            ),
+        )
+
+    @property
+    def combined(self) -> RdpCurve:
+        """max(train(α), validation(α)): the RDP of the search (see the class docstring)."""
+        return RdpCurve(
+            self.train.orders, np.maximum(self.train.values, self.validation.values)
+        )
+
+    def epsilon(self, delta: float) -> float:
+        return self.combined.epsilon(delta)
+
+    def within(self, bound: ParallelCurve) -> bool:
+        """Whether this curve lies below `bound` at every order in both parts: the test of a
+        Rényi filter (Feldman & Zrnic 2021), which keeps a search's RDP under a curve fixed in
+        advance whatever the data made the search do."""
+        return all(
+            bool(np.all(mine.values <= theirs.values * (1 + _RTOL) + _ATOL))
+            for mine, theirs in ((self.train, bound.train), (self.validation, bound.validation))
+        )
+
+    def any(self) -> bool:
+        """Whether this curve spends anything."""
+        return bool(self.train.values.any() or self.validation.values.any())
+
+
+# Curves summed in another order differ in the last bits; a filter must not refuse for that.
+_RTOL, _ATOL = 1e-9, 1e-12
+
+
+def parallel_search_curve(
+    trials: Sequence[ParallelCurve],
+    *,
+    mode: str,
+    distribution: TrialsDistribution | None = None,
+) -> ParallelCurve:
+    """The curve of a search over `trials` (each trial's, or each candidate's bound).
+
+    composition: the sum; random-stopping: Papernot & Steinke's bound applied to each part's
+    pointwise maximum over the candidates (a neighbouring pair differs in one part, and for
+    that pair every candidate's divergence is bounded by that part's maximum, so the theorem
+    applies part by part); none: the largest single trial (analysis only).
+    """
+    if mode not in SEARCH_MODES:
+        raise AccountingError(
+            f"unknown search accounting {mode!r}; choose one of: {', '.join(SEARCH_MODES)}."
+        )
+    if mode == "composition":
+        return sum(trials, ParallelCurve.zero())
+    bound = ParallelCurve.zero()
+    for trial in trials:
+        bound = bound.maximum(trial)
+    if mode == "none":
+        return bound
+    if distribution is None:
+        raise AccountingError("random-stopping needs the distribution of the number of trials.")
+    return ParallelCurve(
+        _repeat_and_select(bound.train, distribution),
+        _repeat_and_select(bound.validation, distribution),
+    )
+
+
+def _repeat_and_select(curve: RdpCurve, distribution: TrialsDistribution) -> RdpCurve:
+    if not curve.values.any():
+        return curve
+    with _quiet_dp_accounting():
+        selected = rdp_lib._compute_rdp_repeat_and_select(
+            curve.orders, curve.values, distribution.mean, distribution.shape
+        )
+    return RdpCurve(curve.orders, np.asarray(selected, dtype=np.float64))
+
+
+def calibrate_curve(
+    make_curve, *, target_epsilon: float, delta: float, what: str = "this search"
+) -> float:
+    """The smallest σ (relative precision 1e-6) whose `make_curve(σ)` (an `RdpCurve` or
+    `ParallelCurve`, ε falling as σ grows) meets `target_epsilon` at δ; ε(σ) ≤ target always.
+
+    Bisection on curves, for what dp_accounting's calibration cannot express (the maximum of
+    two parts); tests check it against `calibrate_noise` where both apply.
+    """
+    _check_delta(delta)
+    if not (target_epsilon > 0.0 and math.isfinite(target_epsilon)):
+        raise AccountingError(
+            f"target_epsilon must be a positive finite number (got {target_epsilon!r})."
+        )
+
+    def fits(sigma: float) -> bool:
+        return make_curve(sigma).epsilon(delta) <= target_epsilon
+
+    lowest = 0.1  # as calibrate_noise: below 0.1 there is no privacy worth the name
+    if fits(lowest):
+        return lowest
+    upper = 1.0
+    while not fits(upper):
+        upper *= 2.0
+        if upper > 1e6:
+            raise AccountingError(
+                f"no noise multiplier reaches ε={target_epsilon} at δ={delta} with {what}; "
+                "raise the ε budget, or lower the batch size, steps or number of trials."
+            )
+    lower = max(lowest, upper / 2.0)
+    while (upper - lower) > 1e-6 * upper:
+        middle = (lower + upper) / 2.0
+        lower, upper = (lower, middle) if fits(middle) else (middle, upper)
+    return upper
+
+
 def repeat_and_select_curve(
     candidates: Sequence[dp_event.DpEvent], *, distribution: TrialsDistribution
 ) -> RdpCurve:
@@ -289,39 +459,6 @@ def repeat_and_select_curve(
             orders, rdp, distribution.mean, distribution.shape
         )
     return RdpCurve(orders, np.asarray(selected, dtype=np.float64))
-
-
-def plan_search_epsilon(plan: dict, trial_events: Sequence[dp_event.DpEvent]) -> SearchEpsilon:
-    """The search ε of a saved plan (`search.json` as a dict) given each trial's executed event.
-
-    Random stopping bounds the RDP of *any* candidate the random search could draw, not only
-    the drawn ones: with a planned σ the space's worst case (largest q, most steps) joins the
-    candidates, so the bound is the one the plan was calibrated for.
-    """
-    candidates = list(trial_events)
-    if plan["mode"] == "random-stopping" and plan.get("noise_multiplier") is not None:
-        candidates.append(plan_worst_case_event(plan))
-    return search_epsilon(
-        candidates, mode=plan["mode"], delta=plan["delta"], distribution=plan_distribution(plan)
-    )
-
-
-def plan_distribution(plan: dict) -> TrialsDistribution | None:
-    """The distribution K was drawn from, for a random-stopping plan (else None)."""
-    if plan["mode"] != "random-stopping":
-        return None
-    return TrialsDistribution(
-        kind=plan["trials_distribution"], mean=plan["trials_mean"], eta=plan.get("eta")
-    )
-
-
-def plan_worst_case_event(plan: dict) -> dp_event.DpEvent:
-    """The mechanism of the costliest trial a planned (budgeted) search could run."""
-    return dp_sgd_event(
-        sample_rate=plan["worst_sample_rate"],
-        noise_multiplier=plan["noise_multiplier"],
-        steps=plan["worst_steps"],
-    )
 
 
 # --- planning -------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def main() -> None:
         base = {
             "dataset": "synthetic", "synthetic_channels": 3, "synthetic_classes": 10,
             "synthetic_image_size": 32, "synthetic_examples": args.examples,
-            "validation_size": 128, "image_size": args.image_size, "model": "dm_nfnet_f0",
+            "validation_fraction": 0.1, "image_size": args.image_size, "model": "dm_nfnet_f0",
             "pretrained": False, "trainable_layers": "head", "batch_size": 128,
             "max_physical_batch_size": 64, "eval_batch_size": 64, "epochs": 2,
             "learning_rate": 1.0, "max_grad_norm": 1.0, "target_epsilon": 8.0, "delta": 1e-4,

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from accounting.ledger import latest_status, read_ledger  # noqa: E402
 
 TINY = [
-    "--space", "fmnist_quick", "--set", "dataset=synthetic", "--set", "synthetic_examples=128",
-    "--set", "validation_size=32", "--set", "batch_size=64", "--set", "epochs=1",
+    "--space", "fmnist_quick", "--set", "dataset=synthetic", "--set", "synthetic_examples=160",
+    "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "epochs=1",
     "--set", "delta=1e-4", "--set", "eval_batch_size=128",
 ]  # fmt: skip
 

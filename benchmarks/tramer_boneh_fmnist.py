@@ -2,7 +2,8 @@
 
 Their published figure is 86.0 % test accuracy (B=2048, lr=4, momentum 0.9, C=0.1, 40 epochs,
 δ=1e-5). We run the `fmnist_cnn` space's defaults, which are that recipe, with σ calibrated so
-that the trial's RDP ε is ≤ 3, on the full 60k training set as they did (validation_size=0).
+that the trial's RDP ε is ≤ 3, on the full 60k training set as they did (validation_fraction=0:
+no validation part).
 
     python benchmarks/tramer_boneh_fmnist.py [--json FILE] [--set key=value ...]
 """
@@ -30,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
-    values = {**spaces.get_space("fmnist_cnn").default_config(), "validation_size": 0}
+    values = {**spaces.get_space("fmnist_cnn").default_config(), "validation_fraction": 0.0}
     config = make_config({**values, **parse_overrides(args.overrides)})
     started = time.monotonic()
     final = train(config)

@@ -1,9 +1,10 @@
 """An experiment directory → one pandas row per trial.
 
 Sources, in the order they are trusted:
-- `search.json` (the plan): δ, accounting mode, searcher and scheduler. Required.
+- `search.json`: the search's privacy plan (`accounting.SearchPrivacyPlan`: δ, mode, the
+  worst case, validation noise, declared budgets), the source of the released ε. Required.
 - `privacy_ledger.jsonl`: every trial's executed mechanism, hence its ε, and its status. The
-  only source of ε: a trial Tune knows but the ledger does not gets ε = ∞, never a guess.
+  only source of what was spent: a trial Tune knows but the ledger does not gets ε = ∞.
 - Tune's trial folders (`*/result.json`, `*/params.json`): configuration and metrics.
 - `trials.csv` (written at the end of a search): metrics of trials whose folders are gone.
 - The Optuna journal (`optuna_journal.log`): each trial's Optuna number and state.
@@ -16,6 +17,7 @@ Damaged or partial directories load with warnings that name what is missing
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import logging
 import math
@@ -27,12 +29,11 @@ import numpy as np
 import pandas as pd
 
 import accounting
-from accounting.ledger import LedgerError, LedgerRecord, latest_status
+from accounting.ledger import LedgerError, LedgerRecord
 from results.fairness import add_fairness_columns
 
 log = logging.getLogger(__name__)
 
-PLAN_FILENAME = "search.json"
 TRIALS_FILENAME = "trials.csv"
 OPTUNA_JOURNAL = "optuna_journal.log"
 EPSILON_DIGITS = 3
@@ -45,10 +46,10 @@ class ExperimentError(ValueError):
 
 @dataclass
 class Experiment:
-    """One search: its plan, its ledger and one row per trial (`trials`)."""
+    """One search: its privacy plan, its ledger and one row per trial (`trials`)."""
 
     path: Path
-    plan: dict
+    privacy: accounting.SearchPrivacyPlan
     records: list[LedgerRecord]
     trials: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
@@ -57,33 +58,38 @@ class Experiment:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.path.name
+        self.accounts = accounting.reduce_ledger(self.records)
 
     @property
     def delta(self) -> float:
-        return float(self.plan["delta"])
+        return float(self.privacy.delta)
 
     @property
     def mode(self) -> str:
-        return self.plan["mode"]
+        return self.privacy.mode
 
     @property
     def metric(self) -> str:
-        """The validation metric the search maximised: val_accuracy or val_auc."""
-        return self.plan.get("metric", "val_accuracy")
+        """The validation score the search selected on."""
+        return self.privacy.metric
 
     @property
     def adaptive(self) -> bool:
         """Whether a trial's configuration or fate can depend on other trials' results."""
-        return not (self.plan.get("searcher") == "random" and self.plan.get("scheduler") == "fifo")
+        return self.privacy.adaptive
 
-    def search(self) -> accounting.SearchEpsilon:
-        """The ε of releasing this search's selected model, recomputed from the ledger.
+    @property
+    def release_plan(self) -> accounting.SearchPrivacyPlan:
+        """The plan results account with: a search run with accounting `none` is composed
+        here, so results always show the ε that covers the search."""
+        if self.mode != "none":
+            return self.privacy
+        return dataclasses.replace(self.privacy, mode="composition")
 
-        A search planned with accounting `none` is composed here: results always show the ε
-        that covers the search."""
-        events = accounting.executed_events(self.records)
-        plan = {**self.plan, "mode": "composition"} if self.mode == "none" else self.plan
-        return accounting.plan_search_epsilon(plan, list(events.values()))
+    def search_epsilon(self) -> accounting.SearchEpsilon:
+        """The ε of releasing this search's selected model: the plan's (fixed before the
+        search), unless the ledger shows more was spent."""
+        return self.release_plan.search_epsilon(self.accounts)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -92,15 +98,28 @@ def load_experiment(path: str | Path) -> Experiment:
     if not path.is_dir():
         raise ExperimentError(f"{path} is not a directory; pass an experiment directory.")
     warnings: list[str] = []
-    plan = _load_plan(path)
+    privacy = _load_plan(path)
     records = _load_ledger(path, warnings)
     tune_rows = _load_tune_results(path, warnings)
-    trials = _trial_table(path, plan, records, tune_rows, warnings)
+    trials = _trial_table(path, privacy, records, tune_rows, warnings)
     _add_optuna(path, trials, warnings)
     trials = add_fairness_columns(trials)
+    experiment = Experiment(
+        path=path, privacy=privacy, records=records, trials=trials, warnings=warnings
+    )
+    if privacy.legacy:
+        warnings.append(
+            "search.json predates privacy plans with a worst case: its ε is recomputed from the "
+            "ledger, so it depends on what the search did, and its validation scores were exact"
+        )
+    if experiment.search_epsilon().exceeded:
+        warnings.append(
+            "the ledger shows more spent than the plan allowed; the search ε shown covers the "
+            "ledger (larger than planned)"
+        )
     for message in warnings:
         log.warning("%s: %s", path.name, message)
-    return Experiment(path=path, plan=plan, records=records, trials=trials, warnings=warnings)
+    return experiment
 
 
 def load_experiments(paths: Iterable[str | Path]) -> list[Experiment]:
@@ -117,26 +136,11 @@ def load_experiments(paths: Iterable[str | Path]) -> list[Experiment]:
 # --- sources --------------------------------------------------------------------------------
 
 
-def _load_plan(path: Path) -> dict:
-    plan_path = path / PLAN_FILENAME
+def _load_plan(path: Path) -> accounting.SearchPrivacyPlan:
     try:
-        plan = json.loads(plan_path.read_text())
-    except FileNotFoundError:
-        raise ExperimentError(
-            f"{path} is not an experiment directory (no {PLAN_FILENAME}); pass the folder "
-            "search/run.py printed as 'Experiment directory'."
-        ) from None
-    except (OSError, ValueError) as error:
-        raise ExperimentError(
-            f"{plan_path} is damaged ({error}); restore it from a backup: without it δ and the "
-            "accounting mode of the search are unknown."
-        ) from None
-    missing = {"mode", "delta"} - set(plan) if isinstance(plan, dict) else {"mode", "delta"}
-    if missing:
-        raise ExperimentError(
-            f"{plan_path} lacks {', '.join(sorted(missing))}; restore it from a backup."
-        )
-    return plan
+        return accounting.SearchPrivacyPlan.load(path)
+    except accounting.AccountingError as error:
+        raise ExperimentError(str(error)) from None
 
 
 def _load_ledger(path: Path, warnings: list[str]) -> list[LedgerRecord]:
@@ -212,7 +216,7 @@ METRIC_COLUMNS = (
     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "val_class_accuracy",
     "test_class_accuracy", "val_group_accuracy", "test_group_accuracy", "val_auc", "test_auc",
     "val_label_auc", "test_label_auc", "val_group_auc", "test_group_auc", "epoch", "node_id",
-    "tan_simulated",
+    "tan_simulated", "val_dp", "val_public", "val_examples", "reproducible",
 )  # fmt: skip
 """Metrics taken from a trial's last report."""
 BASE_COLUMNS = (
@@ -224,22 +228,20 @@ LIST_COLUMNS = ("val_class_accuracy", "test_class_accuracy", "val_label_auc", "t
 DICT_COLUMNS = ("val_group_accuracy", "test_group_accuracy", "val_group_auc", "test_group_auc")
 
 
-def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
-    events = accounting.executed_events(records)
-    statuses = latest_status(records)
-    first_report, last_record = _times(records)
-    latest = _latest_records(records)
-    ids = sorted(set(events) | set(statuses) | set(tune_rows))
+def _trial_table(path, privacy, records, tune_rows, warnings) -> pd.DataFrame:
+    accounts = accounting.reduce_ledger(records)
+    ids = sorted(set(accounts) | set(tune_rows))
     fallback = _load_trials_csv(path, warnings)
 
     rows = []
     for trial_id in ids:
         tune = tune_rows.get(trial_id, {})
         row: dict = {"experiment": path.name, "trial_id": trial_id}
-        if trial_id in events:
-            # RDP, as the search accounts; via the curve the frontier sweep reuses.
-            row["trial_epsilon"] = accounting.RdpCurve.of(events[trial_id]).epsilon(plan["delta"])
-            row["status"] = statuses[trial_id]
+        account = accounts.get(trial_id)
+        if account is not None:
+            # RDP, as the search accounts (training and validation parts in parallel).
+            row["trial_epsilon"] = account.curve.epsilon(privacy.delta)
+            row["status"] = account.status
         else:
             warnings.append(
                 f"trial {trial_id} has results but no privacy-ledger records: its ε is unknown "
@@ -247,13 +249,15 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
             )
             row["trial_epsilon"] = math.inf
             row["status"] = "failed" if tune.get("failed") else _tune_status(tune)
-        last = latest.get(trial_id)
+        last = account.most_steps if account else None
         row.update(
             steps=last.steps if last else tune.get("steps"),
             sample_rate=last.sample_rate if last else tune.get("sample_rate"),
             noise_multiplier=last.noise_multiplier if last else tune.get("noise_multiplier"),
-            first_report_time=first_report.get(trial_id, math.nan),
-            end_time=last_record.get(trial_id, math.nan),
+            val_releases=last.val_releases if last else tune.get("val_releases"),
+            start_time=account.first_time if account else math.nan,
+            first_report_time=account.first_report_time if account else math.nan,
+            end_time=account.end_time if account else math.nan,
         )
         for key, value in (tune.get("config") or {}).items():
             row[f"config/{key}"] = value
@@ -286,7 +290,7 @@ def _trial_table(path, plan, records, tune_rows, warnings) -> pd.DataFrame:
         if column in trials:
             trials[column] = pd.to_numeric(trials[column], errors="coerce")
     # The search's own metric, under one name the frontiers use whatever it is.
-    metric = plan.get("metric", "val_accuracy")
+    metric = privacy.metric
     for split in ("val", "test"):
         source = metric.replace("val_", f"{split}_", 1)
         trials[f"{split}_score"] = trials[source] if source in trials else float("nan")
@@ -300,28 +304,6 @@ def _tune_status(tune: dict) -> str:
     if not tune:
         return "failed"
     return "completed" if tune.get("done") else "stopped"
-
-
-def _latest_records(records: list[LedgerRecord]) -> dict[str, LedgerRecord]:
-    """Each trial's record with the most steps (the newest among equals), in one pass."""
-    latest: dict[str, LedgerRecord] = {}
-    for record in records:
-        best = latest.get(record.trial_id)
-        if best is None or (record.steps, record.time) >= (best.steps, best.time):
-            latest[record.trial_id] = record
-    return latest
-
-
-def _times(records: list[LedgerRecord]) -> tuple[dict[str, float], dict[str, float]]:
-    """Per trial: the time of its first report (a record with steps beyond its start — a
-    reservation carries no information from the data) and of its last record."""
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
-    for record in records:
-        if record.steps > record.start_steps:
-            first[record.trial_id] = min(first.get(record.trial_id, math.inf), record.time)
-        last[record.trial_id] = max(last.get(record.trial_id, -math.inf), record.time)
-    return first, last
 
 
 def _load_trials_csv(path: Path, warnings: list[str]) -> dict[str, dict]:

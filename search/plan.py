@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+import secrets
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,11 @@ import numpy as np
 
 import accounting
 import spaces
-from spaces import Choice
+from spaces import Choice, IntUniform
 from trainers import check_runnable, make_config, plan_mechanism
 from trainers.data import load_splits
 
-PLAN_FILENAME = "search.json"
+PLAN_FILENAME = accounting.PLAN_FILENAME
 
 
 class SearchError(ValueError):
@@ -31,60 +31,78 @@ class SearchError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class SearchPlan:
-    """Everything decided before the first trial."""
+    """Everything decided before the first trial: the search (space, searcher, scheduler, the
+    settings every trial shares) and its privacy plan (`accounting.SearchPrivacyPlan`)."""
 
     space: str
-    mode: str
-    """composition, random-stopping, or none."""
-    num_trials: int
-    """Trials to run (in random-stopping: the K the system drew)."""
-    trials_mean: float | None
-    trials_distribution: str | None
-    eta: float | None
-    budget_epsilon: float | None
-    """The ε the whole search may spend (None: each trial spends its own target_epsilon)."""
-    delta: float
-    noise_multiplier: float | None
-    """σ of every trial, planned to meet the budget (None: each trial calibrates its own)."""
-    worst_sample_rate: float
-    worst_steps: int
-    """The largest q and T any trial of the space can have (what the planner budgets for)."""
+    privacy: accounting.SearchPrivacyPlan
     n_train: int
+    """Training records of the private pool (treated as public, as q = 1/⌈n/B⌉ needs it)."""
     searcher: str
     scheduler: str
     seed: int
+    """Seeds the searcher (never the number of trials K, never the mechanism's noise)."""
     fixed: dict[str, Any] = field(default_factory=dict)
     """Trainer settings shared by every trial (the space's fixed ones, --set, planned σ)."""
-    metric: str = "val_accuracy"
-    """What the search maximises (the space's metric): val_accuracy or val_auc."""
+    releases_validation: bool = True
+    """Trials release noisy validation scores (validation=dp with a validation part)."""
+
+    # What the rest of the search reads most, named once here.
+    @property
+    def mode(self) -> str:
+        return self.privacy.mode
+
+    @property
+    def num_trials(self) -> int:
+        return self.privacy.num_trials
+
+    @property
+    def delta(self) -> float:
+        return self.privacy.delta
+
+    @property
+    def budget_epsilon(self) -> float | None:
+        return self.privacy.budget_epsilon
+
+    @property
+    def metric(self) -> str:
+        return self.privacy.metric
 
     @property
     def distribution(self) -> accounting.TrialsDistribution | None:
-        return accounting.plan_distribution(asdict(self))
+        return self.privacy.distribution
 
-    def search_epsilon(self, trial_events: list) -> accounting.SearchEpsilon:
-        """The search ε of this plan given each trial's executed event (from the ledger);
-        see `accounting.plan_search_epsilon`."""
-        return accounting.plan_search_epsilon(asdict(self), trial_events)
+    def search_epsilon(self, records) -> accounting.SearchEpsilon:
+        """The search ε of this plan given the ledger's records (see SearchPrivacyPlan)."""
+        return self.privacy.search_epsilon(accounting.reduce_ledger(records))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "privacy"}
+        return {"search": values, "privacy": self.privacy.to_dict()}
 
     def save(self, directory: Path) -> None:
         path = directory / PLAN_FILENAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, directory: Path) -> SearchPlan:
         path = directory / PLAN_FILENAME
         try:
-            return cls(**json.loads(path.read_text()))
-        except FileNotFoundError:
+            privacy = accounting.SearchPrivacyPlan.load(directory)
+            search = json.loads(path.read_text())["search"]
+            return cls(privacy=privacy, **search)
+        except accounting.AccountingError as error:
+            raise SearchError(str(error).replace("pass the folder", "check --storage-path and "
+                                                  "--name; pass the folder")) from None
+        except (KeyError, ValueError, TypeError) as error:
             raise SearchError(
-                f"{directory} is not an experiment directory (no {PLAN_FILENAME}); "
-                "check --storage-path and --name."
+                f"{path} is damaged or from an older version ({error}); it cannot be resumed."
             ) from None
-        except (ValueError, TypeError) as error:
-            raise SearchError(f"{path} is damaged ({error}); it cannot be resumed.") from None
 
 
 def make_plan(
@@ -100,11 +118,19 @@ def make_plan(
     searcher: str,
     scheduler: str,
     seed: int,
+    budgets: tuple[float, ...] | None = None,
+    reproducible: bool = False,
 ) -> SearchPlan:
-    """Validate the request and fix the plan (σ from the budget, K drawn for random stopping)."""
+    """Validate the request and fix the plan (σ from the budget, K drawn for random stopping,
+    the worst case of every trial, the validation noise, the frontier's budgets)."""
     space = spaces.get_space(space_name)
     if num_samples < 1:
         raise SearchError(f"--num-samples must be ≥ 1 (got {num_samples}).")
+    if budget_epsilon is not None and not (0 < budget_epsilon < float("inf")):
+        raise SearchError(
+            f"--target-epsilon must be a positive finite number (got {budget_epsilon}); it is "
+            "the ε the whole search may spend, e.g. 8."
+        )
     if mode == "random-stopping":
         if searcher != "random":
             raise SearchError(
@@ -119,9 +145,15 @@ def make_plan(
     fixed = {**space.fixed, **overrides}
     if delta is not None:
         fixed["delta"] = delta
+    if reproducible:
+        fixed["reproducible"] = True
     searched = {k: v for k, v in space.searched.items() if k not in fixed}
-    if "delta" in searched:
-        raise SearchError("a search needs one δ for all its trials: fix it with --delta.")
+    for key in ("delta", "validation", "val_noise_multiplier", "validation_fraction",
+                "split_seed", "reproducible"):  # fmt: skip
+        if key in searched:
+            raise SearchError(
+                f"a search needs one {key} for all its trials: fix it with --set {key}=…."
+            )
     if budget_epsilon is not None and "noise_multiplier" in overrides:
         raise SearchError(
             "--target-epsilon plans σ for every trial; drop --set noise_multiplier (or drop "
@@ -135,12 +167,20 @@ def make_plan(
         )
     base = make_config({**space.default_config(), **fixed})
     delta = base.delta
+    if base.validation == "off":
+        raise SearchError(
+            "validation=off leaves the search nothing to select on; use validation=dp (noisy "
+            "scores of held-out private records) or validation=public with validation_data."
+        )
     splits = load_splits(base)
     n_train = len(splits.train)
     _check_trials_can_run(base.to_dict(), searched, splits)
-    worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
     if base.private and delta >= 1.0 / n_train:
         raise SearchError(f"--delta {delta} is not below 1/n = {1 / n_train:.2g}; lower it.")
+    releases_validation = base.validation == "dp" and splits.validation is not None
+    # Multi-label AUC has no data-independent sensitivity: DP validation selects on the noisy
+    # mean per-finding accuracy instead (trainers/validation.py).
+    metric = space.metric if base.validation == "public" else "val_accuracy"
 
     distribution = None
     if mode == "random-stopping":
@@ -149,11 +189,32 @@ def make_plan(
             mean=float(num_samples),
             eta=eta if trials_distribution == "negative-binomial" else None,
         )
-        num_trials = distribution.sample(np.random.default_rng(seed))
+        # Secret randomness: K must stay unknown to whoever sees the release (a known K turns
+        # the bound back into best-of-K), and the searcher's --seed must not decide it.
+        num_trials = distribution.sample(np.random.default_rng(secrets.randbits(128)))
     else:
         num_trials = num_samples
 
-    noise_multiplier = None
+    def privacy_plan(candidates, noise_multiplier=None) -> accounting.SearchPrivacyPlan:
+        return accounting.SearchPrivacyPlan(
+            mode=mode,
+            delta=delta,
+            num_trials=num_trials,
+            candidates=tuple(candidates),
+            budget_epsilon=budget_epsilon,
+            noise_multiplier=noise_multiplier,
+            trials_mean=float(num_samples) if distribution else None,
+            trials_distribution=trials_distribution if distribution else None,
+            eta=distribution.eta if distribution else None,
+            validation=base.validation,
+            val_noise_multiplier=base.val_noise_multiplier if releases_validation else None,
+            adaptive=not (searcher == "random" and scheduler == "fifo"),
+            metric=metric,
+            budgets=_declared_budgets(budgets, base.to_dict(), searched),
+            reproducible=base.reproducible,
+        )
+
+    val_sigma = base.val_noise_multiplier if releases_validation else 0.0
     if budget_epsilon is not None:
         if base.tan_reference_batch is not None or "tan_reference_batch" in searched:
             raise SearchError(
@@ -165,37 +226,112 @@ def make_plan(
             raise SearchError(
                 "--target-epsilon budgets a private search; drop --set private=false."
             )
-        noise_multiplier = accounting.plan_noise_multiplier(
-            budget_epsilon=budget_epsilon,
+        worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
+        releases = max(int(e) for e in _values("epochs", base.to_dict(), searched))
+
+        def worst(sigma: float) -> accounting.Mechanism:
+            return accounting.Mechanism(
+                sample_rate=worst_q, noise_multiplier=sigma, steps=worst_t,
+                val_noise_multiplier=val_sigma,
+                val_releases=releases if releases_validation else 0,
+            )  # fmt: skip
+
+        validation_alone = privacy_plan([worst(1e9)]).epsilon()
+        if validation_alone > budget_epsilon:
+            raise SearchError(
+                f"the validation scores alone would spend ε = {validation_alone:.3f} > the "
+                f"budget {budget_epsilon:g}; raise --set val_noise_multiplier (now "
+                f"{base.val_noise_multiplier:g}) or the budget."
+            )
+        noise_multiplier = accounting.calibrate_curve(
+            lambda sigma: privacy_plan([worst(sigma)]).guarantee(),
+            target_epsilon=budget_epsilon,
             delta=delta,
-            sample_rate=worst_q,
-            steps=worst_t,
-            mode=mode,
-            num_trials=num_samples if mode == "composition" else None,
-            distribution=distribution,
+            what=f"{num_samples} trials of q={worst_q:.4g} and {worst_t} steps ({mode})",
         )
         fixed.update(noise_multiplier=noise_multiplier, target_epsilon=None)
         for key in ("noise_multiplier", "target_epsilon"):
             searched.pop(key, None)
+        privacy = privacy_plan([worst(noise_multiplier)], noise_multiplier)
+    else:
+        privacy = privacy_plan(
+            _candidates(base.to_dict(), searched, n_train, val_sigma, releases_validation)
+        )
     return SearchPlan(
         space=space.name,
-        mode=mode,
-        num_trials=num_trials,
-        trials_mean=float(num_samples) if distribution else None,
-        trials_distribution=trials_distribution if distribution else None,
-        eta=distribution.eta if distribution else None,
-        budget_epsilon=budget_epsilon,
-        delta=delta,
-        noise_multiplier=noise_multiplier,
-        worst_sample_rate=worst_q,
-        worst_steps=worst_t,
+        privacy=privacy,
         n_train=n_train,
         searcher=searcher,
         scheduler=scheduler,
         seed=seed,
         fixed={**fixed, "delta": delta},
-        metric=space.metric,
+        releases_validation=releases_validation,
     )
+
+
+MAX_CANDIDATES = 256
+"""Distinct mechanisms a space without a budget may have: each is calibrated at plan time."""
+_MECHANISM_KEYS = ("batch_size", "epochs", "tan_reference_batch", "target_epsilon",
+                   "noise_multiplier", "accountant", "private")  # fmt: skip
+
+
+def _candidates(base: dict, searched: dict, n_train: int, val_sigma: float,
+                releases_validation: bool) -> list[accounting.Mechanism]:  # fmt: skip
+    """Every mechanism a trial of the space can run (each calibrates its own σ): the worst
+    case the plan's ε covers, whatever the searcher or the data make the search draw."""
+    options = []
+    for key in _MECHANISM_KEYS:
+        dist = searched.get(key)
+        if dist is None:
+            options.append([base[key]])
+        elif isinstance(dist, Choice):
+            values = list(dist.values)
+            if key == "noise_multiplier" and None not in values:
+                values = [min(values)]  # for fixed q and T, the smallest σ dominates
+            options.append(values)
+        elif key == "noise_multiplier":
+            options.append([dist.low])
+        elif isinstance(dist, IntUniform) and dist.high - dist.low < MAX_CANDIDATES:
+            options.append(list(range(dist.low, dist.high + 1)))
+        else:
+            raise SearchError(
+                f"the space searches {key} over a continuous range, so no finite worst case "
+                "bounds its trials; give the search a budget with --target-epsilon, or fix "
+                f"{key} (or search it over a Choice)."
+            )
+    combos = list(itertools.product(*options))
+    if len(combos) > MAX_CANDIDATES:
+        raise SearchError(
+            f"the space's trials can run {len(combos)} different mechanisms (more than "
+            f"{MAX_CANDIDATES} to bound one by one); give the search a budget with "
+            "--target-epsilon, or fix some of batch_size, epochs, target_epsilon."
+        )
+    candidates = set()
+    for combo in combos:
+        config = make_config({**base, **dict(zip(_MECHANISM_KEYS, combo, strict=True))})
+        mechanism = plan_mechanism(config, n_train)
+        candidates.add(
+            accounting.Mechanism(
+                sample_rate=mechanism.sample_rate,
+                noise_multiplier=mechanism.noise_multiplier,
+                steps=mechanism.steps,
+                val_noise_multiplier=val_sigma,
+                val_releases=mechanism.epochs if releases_validation else 0,
+            )
+        )
+    return sorted(candidates, key=lambda m: (m.sample_rate, m.noise_multiplier, m.steps))
+
+
+def _declared_budgets(budgets, base: dict, searched: dict) -> tuple[float, ...]:
+    """The frontier's budgets, fixed before the search: the user's, or a fixed grid plus the
+    space's own per-trial ε levels."""
+    if budgets:
+        return tuple(sorted(set(float(b) for b in budgets)))
+    levels = [t for t in _values("target_epsilon", base, searched) if t is not None]
+    dist = searched.get("target_epsilon")
+    if dist is not None and not isinstance(dist, Choice):
+        levels = []  # a continuous range has no levels
+    return tuple(sorted({*accounting.DEFAULT_BUDGETS, *(float(t) for t in levels)}))
 
 
 def searched_space(plan: SearchPlan) -> dict[str, Any]:
@@ -239,11 +375,15 @@ def _check_trials_can_run(base: dict, searched: dict, splits) -> None:
 
 
 def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int]:
-    """The largest q and the largest T over every configuration the space can draw."""
-    batches = [int(b) for b in _values("batch_size", base, searched)]
+    """The largest q and the largest T over every configuration the space can draw (for one
+    σ, the event of (largest q, largest T) dominates every other)."""
     epochs = max(int(e) for e in _values("epochs", base, searched))
-    worst_q = max(1.0 / math.ceil(n_train / b) for b in batches)
-    # TAN trials take the steps of their reference batch (see trainers.planned_steps).
-    step_batches = [int(b) for b in _values("tan_reference_batch", base, searched) if b] or batches
-    worst_t = epochs * max(math.ceil(n_train / b) for b in step_batches)
-    return worst_q, worst_t
+    references = [int(b) for b in _values("tan_reference_batch", base, searched) if b] or [None]
+    schedules = [
+        accounting.dp_sgd_schedule(
+            n_train=n_train, batch_size=int(batch), epochs=epochs, tan_reference_batch=reference
+        )
+        for batch in _values("batch_size", base, searched)
+        for reference in references
+    ]
+    return max(s.sample_rate for s in schedules), max(s.steps for s in schedules)

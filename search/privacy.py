@@ -9,19 +9,20 @@ Examples:
     # how many composed trials of σ=1.1 fit in ε = 8:
     python search/privacy.py --sample-rate 0.01 --noise-multiplier 1.1 --steps 3000 \\
         --delta 1e-5 --target-epsilon 8
-    # ε of a search recorded in an experiment directory:
-    python search/privacy.py --ledger runs/my_search --delta 1e-5
+    # ε of a search recorded in an experiment directory (its plan gives mode, δ and K's law):
+    python search/privacy.py --ledger runs/my_search
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 
 import accounting
-from accounting.ledger import PrivacyLedger, latest_status
+from accounting.ledger import PrivacyLedger
 from accounting.search import (
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
@@ -48,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     mech.add_argument("--sample-rate", type=float, metavar="Q", help="q = B / N, in (0, 1]")
     mech.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (absent: calibrate)")
     mech.add_argument("--steps", type=int, metavar="T", help="noisy steps per trial")
-    parser.add_argument("--delta", type=float, required=True, metavar="D", help="δ, e.g. 1e-5")
+    parser.add_argument(
+        "--delta", type=float, metavar="D",
+        help="δ, e.g. 1e-5 (with --ledger of an experiment directory: read from its plan)",
+    )
     parser.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default="rdp")
     parser.add_argument(
         "--target-epsilon",
@@ -116,9 +120,11 @@ def _eps(value: float) -> str:
 def _plan(args) -> tuple[dict, list[str]]:
     missing = [
         flag
-        for flag, value in (("--sample-rate", args.sample_rate), ("--steps", args.steps))
+        for flag, value in (
+            ("--sample-rate", args.sample_rate), ("--steps", args.steps), ("--delta", args.delta),
+        )
         if value is None
-    ]
+    ]  # fmt: skip
     if missing:
         raise accounting.AccountingError(
             f"give {' and '.join(missing)} (or --ledger PATH for a recorded search)."
@@ -214,21 +220,39 @@ def _ledger(args) -> tuple[dict, list[str]]:
             "privacy_ledger.jsonl file itself."
         )
     records = ledger.records()
-    events = ledger.trial_events()
-    distribution = _distribution(args)
-    mode = args.search_accounting or ("random-stopping" if distribution else "composition")
-    search = search_epsilon(
-        list(events.values()), mode=mode, delta=args.delta, accountant=args.accountant,
-        distribution=distribution,
-    )  # fmt: skip
-    statuses = latest_status(records)
-    counts = {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))}
+    accounts = accounting.reduce_ledger(records)
+    directory = ledger.path.parent
+    if (directory / accounting.PLAN_FILENAME).exists():
+        plan = accounting.SearchPrivacyPlan.load(directory)
+        _refuse_contradictions(args, plan)
+        if plan.mode == "none":  # as the results layer: a search ε always covers the search
+            plan = dataclasses.replace(plan, mode="composition")
+        search = plan.search_epsilon(accounts)
+        source = f"the plan in {directory / accounting.PLAN_FILENAME}"
+    else:
+        if args.delta is None:
+            raise accounting.AccountingError(
+                f"{ledger.path} has no search.json beside it; give --delta (and the search's "
+                "accounting flags) to read it."
+            )
+        distribution = _distribution(args)
+        mode = args.search_accounting or ("random-stopping" if distribution else "composition")
+        search = search_epsilon(
+            [a.train for a in accounts.values()], mode=mode, delta=args.delta,
+            accountant=args.accountant, distribution=distribution,
+        )  # fmt: skip
+        source = "the flags given (no search.json beside the ledger)"
+    counts: dict[str, int] = {}
+    for account in accounts.values():
+        counts[account.status] = counts.get(account.status, 0) + 1
+    counts = dict(sorted(counts.items()))
     result = {
         "epsilon": search.epsilon,
+        "spent_epsilon": search.spent,
         "trial_epsilon": search.max_trial_epsilon,
-        "delta": args.delta,
+        "delta": search.delta,
         "accountant": search.accountant,
-        "mode": mode,
+        "mode": search.mode,
         "covers": search.covers,
         "num_trials": search.num_trials,
         "trial_status": counts,
@@ -237,10 +261,38 @@ def _ledger(args) -> tuple[dict, list[str]]:
         f"{ledger.path}: {search.num_trials} trials ("
         + ", ".join(f"{n} {s}" for s, n in counts.items())
         + f"), largest single-trial ε = {_eps(search.max_trial_epsilon)}",
-        f"the search: ε = {_eps(search.epsilon)} at δ={args.delta:g} "
-        f"({search.accountant.upper()}), covering {search.covers}.",
+        f"the search: ε = {_eps(search.epsilon)} at δ={search.delta:g} "
+        f"({search.accountant.upper()}, from {source}), covering {search.covers}.",
     ]
+    if search.spent is not None:
+        lines.append(
+            f"spent so far (analyst-only, from the ledger): ε = {_eps(search.spent)}"
+            + (" — MORE than the plan allowed" if search.exceeded else "")
+            + "."
+        )
     return result, lines
+
+
+def _refuse_contradictions(args, plan: accounting.SearchPrivacyPlan) -> None:
+    """Flags that would account the recorded search differently from how it was planned."""
+    checks = [
+        ("--delta", args.delta, plan.delta),
+        ("--search-accounting", args.search_accounting, plan.mode),
+        ("--trials-distribution", args.trials_distribution, plan.trials_distribution),
+        ("--trials-mean", args.trials_mean, plan.trials_mean),
+        ("--eta", args.eta, plan.eta),
+    ]
+    for flag, given, planned in checks:
+        if given is not None and given != planned:
+            raise accounting.AccountingError(
+                f"{flag} {given} contradicts the experiment's plan ({planned}); drop it: the "
+                "ledger is read with the plan it was recorded under."
+            )
+    if args.accountant != "rdp":
+        raise accounting.AccountingError(
+            "a search's ε is accounted with RDP (parallel composition and random stopping need "
+            "it); drop --accountant."
+        )
 
 
 if __name__ == "__main__":

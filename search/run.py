@@ -79,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
         help="random-stopping: distribution of K (mean --num-samples)",
     )
     privacy.add_argument("--eta", type=float, help="shape η of the negative-binomial")
+    privacy.add_argument(
+        "--budgets",
+        metavar="E1,E2,…",
+        help="ε budgets of the search-adjusted frontier, declared before the search (default: "
+        "1,2,4,8 and the space's own per-trial ε levels); budgets chosen after seeing results "
+        "are shown only as analyst-only rows",
+    )
+    privacy.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="seed sampling and noise from the trial's seed so runs can be replayed: a "
+        "research run, NOT a DP release (every output says so); default: secret randomness",
+    )
     search = parser.add_argument_group("the search")
     search.add_argument(
         "--num-samples",
@@ -100,7 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         default="fifo",
         help="asha stops weak trials early (their executed steps still count)",
     )
-    search.add_argument("--seed", type=int, default=0, help="seeds the searcher and the K draw")
+    search.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the searcher (never K, sampling or noise: those are secret)",
+    )
     resources = parser.add_argument_group("resources and cluster")
     resources.add_argument("--cpus-per-trial", type=float, default=1.0)
     resources.add_argument(
@@ -224,6 +242,8 @@ def _run(args) -> int:
             searcher=searcher,
             scheduler=args.scheduler,
             seed=args.seed,
+            budgets=_budgets(args.budgets),
+            reproducible=args.reproducible,
         )
         if plan.fixed.get("device") == "cuda" and args.gpus_per_trial == 0:
             raise SearchError("--set device=cuda needs --gpus-per-trial above 0 (e.g. 1).")
@@ -239,7 +259,7 @@ def _run(args) -> int:
         plan.save(experiment_dir)
     _describe(plan, experiment_dir)
     if plan.num_trials == 0:
-        print("The system drew K = 0 trials: nothing runs, nothing is released, ε = 0.")
+        print("The system drew no trial: nothing runs and nothing is released (ε = 0).")
         return 0
 
     import ray
@@ -275,10 +295,9 @@ def _run(args) -> int:
         )
     if len(results) < plan.num_trials:
         print(
-            f"warning: {len(results)} of the {plan.num_trials} planned trials ran: Tune's saved "
-            "state lost the others (the experiment directory filled up or was damaged "
-            "mid-search). The ledger counts every step that ran; start a new search for more "
-            "trials.",
+            "warning: not every planned trial ran: Tune's saved state lost the others (the "
+            "experiment directory filled up or was damaged mid-search). The ledger counts "
+            "every step that ran; start a new search for more trials.",
             file=sys.stderr,
         )
     print()
@@ -322,27 +341,51 @@ def _check_name(name: str | None) -> None:
         )
 
 
+def _budgets(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SearchError(f"--budgets {text!r} is not a comma-separated list of numbers.") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise SearchError(f"--budgets {text!r}: every budget ε must be a positive number.")
+    return values
+
+
 def _describe(plan, experiment_dir: Path) -> None:
+    privacy = plan.privacy
     print(f"Experiment directory: {experiment_dir}")
     what = {
         "composition": f"{plan.num_trials} trials, composed",
-        "random-stopping": f"K = {plan.num_trials} trials drawn from {plan.distribution.describe()}"
-        if plan.distribution
+        # K stays secret: printing it would turn the bound back into best-of-K.
+        "random-stopping": f"K trials drawn secretly from {privacy.distribution.describe()} "
+        "(K is kept in search.json and never shown)"
+        if privacy.distribution
         else "",
         "none": f"{plan.num_trials} trials; ε of ONE trial only (does NOT cover the search)",
     }[plan.mode]
     print(f"Search: {plan.space}, {what}, searcher {plan.searcher}, scheduler {plan.scheduler}")
     if plan.budget_epsilon is not None:
+        worst = privacy.candidates[0]
         print(
             f"Budget: ε = {plan.budget_epsilon:g} at δ = {plan.delta:g} for the whole search → "
-            f"every trial runs with σ = {plan.noise_multiplier:.4f} (planned for q ≤ "
-            f"{plan.worst_sample_rate:.4g}, T ≤ {plan.worst_steps})"
+            f"every trial runs with σ = {privacy.noise_multiplier:.4f} (planned for q ≤ "
+            f"{worst.sample_rate:.4g}, T ≤ {worst.steps})"
         )
     else:
         print(
-            "No search budget: each trial calibrates σ to its own target_epsilon; the search ε "
-            "is computed from the ledger at the end."
+            f"No budget given: each trial calibrates σ to its own target_epsilon; the plan "
+            f"bounds the {len(privacy.candidates)} mechanism(s) the space can run."
         )
+    print(f"Validation: {privacy.describe_validation()}.")
+    print(
+        f"Search ε (the DP release's, fixed now): {accounting.show_epsilon(privacy.epsilon())} "
+        f"at δ = {plan.delta:g}; a trial or retry that would exceed it never starts."
+    )
+    if privacy.reproducible:
+        print("RESEARCH RUN: sampling and noise are reproducible from known seeds; NOT a DP "
+              "release.")  # fmt: skip
 
 
 def _start_ray(args) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 import accounting
-from accounting.ledger import LedgerRecord, PrivacyLedger, reserved_events
-from trainers import make_config, planned_steps, train
+from accounting.ledger import LedgerRecord, PrivacyLedger
+from trainers import make_config, plan_mechanism, planned_steps, train
 
 CHECKPOINT_FILE = "state.pt"
 RESULT_KEYS_DROPPED = (
@@ -36,8 +36,11 @@ RESULT_KEYS_DROPPED = (
 strings instead (the results layer parses them back)."""
 
 
-def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | None) -> None:
-    """Tune function trainable: train one configuration, report every epoch."""
+def run_trial(config: dict[str, Any], *, experiment_dir: str, plan: dict) -> None:
+    """Tune function trainable: train one configuration, report every epoch.
+
+    `plan`: {"privacy": the search's SearchPrivacyPlan as a dict, "n_train": …,
+    "releases_validation": …}: what the trial's reservation is checked against."""
     from ray import tune
 
     context = tune.get_context()
@@ -58,11 +61,8 @@ def run_trial(config: dict[str, Any], *, experiment_dir: str, budget: dict | Non
         with checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
 
-    restored_steps = 0 if state is None else state["steps"]
-    if budget is not None and not _reserve(
-        ledger, trial_id, attempt, train_config, budget, restored_steps
-    ):
-        return  # the budget cannot hold this trial: it never starts (and spends nothing)
+    if not _reserve(ledger, trial_id, attempt, train_config, plan, state):
+        return  # the plan cannot hold this trial: it never starts (and spends nothing)
 
     pending: dict[str, Any] = {}
     last: dict[str, Any] = {}
@@ -112,39 +112,51 @@ def _record(trial_id, attempt, metrics, config, status) -> LedgerRecord:
         status=status,
         planned_steps=planned_steps(config, metrics["n_train"]),
         simulated=bool(metrics.get("tan_simulated", False)),
+        val_noise_multiplier=metrics["val_noise_multiplier"],
+        val_releases=metrics["val_releases"],
+        start_val_releases=metrics["start_val_releases"],
+        planned_val_releases=metrics["planned_val_releases"],
     )
 
 
-def _reserve(ledger, trial_id, attempt, config, budget, restored_steps) -> bool:
-    """Reserve this attempt's planned steps in the ledger before it touches any data.
-
-    In composition mode the reservation must fit the budget together with everything the
-    ledger already holds (executed steps, and the remaining plans of running trials); the
-    check and the append are one atomic step. Random stopping fixed K and σ in the plan.
-    """
-    sample_rate = 1.0 / math.ceil(budget["n_train"] / config.batch_size)
+def _reserve(ledger, trial_id, attempt, config, plan, state) -> bool:
+    """Reserve this attempt's planned steps and validation releases in the ledger before it
+    touches any data, if the search's privacy plan admits them (its Rényi filter) together
+    with everything the ledger already holds: executed steps, and the remaining plans of
+    running trials. Check and append are one atomic step under the ledger's lock, so a retry
+    that re-runs steps, or concurrent trials, can never push the search past its plan."""
+    privacy = accounting.SearchPrivacyPlan.from_dict(plan["privacy"])
+    mechanism = plan_mechanism(config, plan["n_train"])
+    restored_steps = 0 if state is None else state["steps"]
+    restored_releases = 0 if state is None else state.get("val_releases", 0)
+    releases = plan["releases_validation"] and config.validation == "dp"
     start = LedgerRecord(
         trial_id=trial_id,
         attempt=attempt,
-        sample_rate=sample_rate,
-        noise_multiplier=config.noise_multiplier,
+        sample_rate=mechanism.sample_rate,
+        noise_multiplier=mechanism.noise_multiplier,
         steps=restored_steps,
         start_steps=restored_steps,
         status="running",
-        planned_steps=planned_steps(config, budget["n_train"]),
-        simulated=config.tan_reference_batch is not None,
+        planned_steps=mechanism.steps,
+        simulated=mechanism.simulated,
+        val_noise_multiplier=config.val_noise_multiplier if releases else 0.0,
+        val_releases=restored_releases,
+        start_val_releases=restored_releases,
+        planned_val_releases=mechanism.epochs if releases else 0,
     )
 
     def fits(records) -> bool:
-        if budget["mode"] != "composition":
-            return True
-        events = list(reserved_events(records).values())
-        spent = accounting.search_epsilon(events, mode="composition", delta=budget["delta"])
-        return spent.epsilon <= budget["epsilon"]
+        return privacy.admits(accounting.reduce_ledger(records, reserve=True))
 
     if ledger.reserve(start, fits):
         return True
-    ledger.append(dataclasses.replace(start, status="stopped", planned_steps=restored_steps))
+    ledger.append(
+        dataclasses.replace(
+            start, status="stopped", planned_steps=restored_steps,
+            planned_val_releases=restored_releases,
+        )  # fmt: skip
+    )
     return False
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 import accounting
-from accounting.ledger import PrivacyLedger, latest_status
+from accounting.ledger import PrivacyLedger
 from search.plan import SearchPlan, searched_space
 from search.trial import run_trial
 from spaces import Choice, IntUniform, LogUniform, Uniform
@@ -50,17 +50,15 @@ def build_tuner(
     """A Tuner for `plan` writing into `experiment_dir` (or restoring the one there)."""
     from ray import tune
 
-    budget = None
-    if plan.budget_epsilon is not None:
-        budget = {
-            "epsilon": plan.budget_epsilon,
-            "delta": plan.delta,
-            "mode": plan.mode,
-            "n_train": plan.n_train,
-        }
+    # What every trial's reservation is checked against (the plan's Rényi filter).
+    trial_plan = {
+        "privacy": plan.privacy.to_dict(),
+        "n_train": plan.n_train,
+        "releases_validation": plan.releases_validation,
+    }
     trainable = tune.with_resources(
         tune.with_parameters(
-            dp_trial, fixed=plan.fixed, experiment_dir=str(experiment_dir), budget=budget
+            dp_trial, fixed=plan.fixed, experiment_dir=str(experiment_dir), plan=trial_plan
         ),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
     )
@@ -105,9 +103,9 @@ def build_tuner(
     )
 
 
-def dp_trial(config, *, fixed, experiment_dir, budget):
+def dp_trial(config, *, fixed, experiment_dir, plan):
     """The Tune trainable: the space's fixed settings plus this trial's sampled ones."""
-    run_trial({**fixed, **config}, experiment_dir=experiment_dir, budget=budget)
+    run_trial({**fixed, **config}, experiment_dir=experiment_dir, plan=plan)
 
 
 def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
@@ -167,9 +165,9 @@ class PrivacyMetricsCallback(Callback):
         self.gauges = {
             name: metrics.Gauge(f"dp_search_{name}", description=text, tag_keys=("experiment",))
             for name, text in (
-                ("epsilon_spent", "search epsilon recomputed from the privacy ledger"),
-                ("budget_left", "epsilon budget minus epsilon spent (NaN without a budget)"),
-                ("best_val_score", "best value of the search metric so far (analyst-only)"),
+                ("epsilon_spent", "search epsilon spent so far, from the privacy ledger"),
+                ("budget_left", "planned search epsilon minus epsilon spent"),
+                ("best_val_score", "best noisy validation score so far"),
                 ("trials_finished", "trials that completed, stopped or failed"),
             )
         }
@@ -188,19 +186,16 @@ class PrivacyMetricsCallback(Callback):
     def update(self) -> dict[str, float] | None:
         self.last_update = time.monotonic()
         try:
-            records = self.ledger.records()
-            spent = self.plan.search_epsilon(
-                list(accounting.executed_events(records).values())
-            ).epsilon
+            accounts = accounting.reduce_ledger(self.ledger.records())
+            search = self.plan.privacy.search_epsilon(accounts)
         except accounting.AccountingError as error:  # a gauge never stops the search
             log.warning("privacy metrics not updated: %s", error)
             return None
-        budget = self.plan.budget_epsilon
         values = {
-            "epsilon_spent": spent,
-            "budget_left": (budget - spent) if budget is not None else math.nan,
+            "epsilon_spent": search.spent,
+            "budget_left": search.epsilon - search.spent,
             "best_val_score": self.best if self.best > -math.inf else math.nan,
-            "trials_finished": sum(s != "running" for s in latest_status(records).values()),
+            "trials_finished": sum(a.status != "running" for a in accounts.values()),
         }
         for name, value in values.items():
             self.gauges[name].set(value, tags=self.tags)

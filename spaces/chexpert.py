@@ -24,7 +24,7 @@ register_space(
             "uncertain_label": "ones",
             "optimizer": "sgd",
             "momentum": 0.9,
-            "validation_size": 5000,
+            "validation_fraction": 0.025,
             "delta": 1e-6,
             "max_physical_batch_size": 64,
         },
@@ -37,6 +37,6 @@ register_space(
             "target_epsilon": Choice(values=(1.0, 2.0, 4.0, 8.0), default=8.0),
         },
         metric="val_auc",
-        smoke={"model": "test_resnet", "image_size": 32, "validation_size": 16},
+        smoke={"model": "test_resnet", "image_size": 32, "validation_fraction": 0.2},
     )
 )

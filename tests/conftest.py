@@ -17,9 +17,9 @@ def tiny(**overrides):
     """Keyword arguments of a `TrainConfig` for a seconds-long synthetic trial."""
     values = {
         "dataset": "synthetic",
-        "synthetic_examples": 256,
+        "synthetic_examples": 320,
         "synthetic_image_size": 16,
-        "validation_size": 64,
+        "validation_fraction": 0.2,
         "model": "tramer_boneh_cnn",
         "batch_size": 64,
         "max_physical_batch_size": 32,

@@ -25,8 +25,8 @@ from .test_results import CHEAP_1, make_experiment
 
 TINY = [
     "--space", "fmnist_quick",
-    "--set", "dataset=synthetic", "--set", "synthetic_examples=256",
-    "--set", "validation_size=64", "--set", "batch_size=64", "--set", "delta=1e-4",
+    "--set", "dataset=synthetic", "--set", "synthetic_examples=320",
+    "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "delta=1e-4",
 ]  # fmt: skip
 
 
@@ -80,7 +80,18 @@ SEARCH_CASES = {
     "delta 1": ([*TINY, "--delta", "1"], "strictly between 0 and 1"),
     "delta over 1/n": ([*TINY, "--delta", "0.01"], "not below 1/n"),
     "batch 0 (q = 0)": ([*TINY, "--set", "batch_size=0"], "batch_size must be ≥ 1"),
-    "batch over n": ([*TINY, "--set", "batch_size=100000"], "exceeds the 256 training"),
+    "batch over n": ([*TINY, "--set", "batch_size=100000"], "training examples; lower it"),
+    "budgets not numbers": ([*TINY, "--budgets", "1,x"], "not a comma-separated list"),
+    "budgets not positive": ([*TINY, "--budgets", "1,-2"], "every budget ε must be a positive"),
+    "validation off": ([*TINY, "--set", "validation=off"], "nothing to select on"),
+    "selecting on the test split": (
+        [*TINY, "--set", "validation=public", "--set", "validation_data=test"],
+        "test split is refused",
+    ),
+    "validation noise too small for the budget": (
+        [*TINY, "--target-epsilon", "1", "--set", "val_noise_multiplier=0.5"],
+        "validation scores alone would spend",
+    ),
     "sigma 0": ([*TINY, "--set", "noise_multiplier=0"], "noise_multiplier must be a positive"),
     "sigma negative": ([*TINY, "--set", "noise_multiplier=-1"], "noise_multiplier must be"),
     "zero trials": ([*TINY, "--num-samples", "0"], "--num-samples must be ≥ 1"),

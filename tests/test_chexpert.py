@@ -42,8 +42,8 @@ def chexpert_dir(tmp_path_factory):
 
 
 def config_for(directory, **overrides):
-    values = dict(dataset="chexpert", data_dir=str(directory), image_size=32, validation_size=10,
-                  delta=1e-5, model="test_resnet")  # fmt: skip
+    values = dict(dataset="chexpert", data_dir=str(directory), image_size=32,
+                  validation_fraction=0.1, delta=1e-5, model="test_resnet")  # fmt: skip
     values.update(overrides)
     return make_config(values)
 
@@ -103,7 +103,10 @@ def test_training_reports_auc_per_finding_and_group(chexpert_dir):
     from trainers import train
 
     final = train(config_for(chexpert_dir, batch_size=16, epochs=1, target_epsilon=8.0))
-    assert 0.0 <= final["val_auc"] <= 1.0 and len(final["test_label_auc"]) == 5
+    # DP validation of multi-label data: noisy per-finding counts (sensitivity √5), released as
+    # their mean accuracy; AUC (no data-independent sensitivity) only on the public test split.
+    assert final["val_dp"] and 0.0 <= final["val_accuracy"] <= 1.0 and "val_auc" not in final
+    assert 0.0 <= final["test_auc"] <= 1.0 and len(final["test_label_auc"]) == 5
     assert set(final["test_group_auc"]) == {"Female", "Male", "Unknown"}
     assert final["test_group_auc"]["Unknown"] is None  # no example: no AUC, not a zero
 
@@ -113,16 +116,36 @@ def test_search_maximises_auc_and_results_report_group_auc(chexpert_dir, tmp_pat
 
     result = search(
         "--space", "chexpert", "--set", f"data_dir={chexpert_dir}", "--set", "model=test_resnet",
-        "--set", "pretrained=false", "--set", "image_size=32", "--set", "validation_size=10",
+        "--set", "pretrained=false", "--set", "image_size=32", "--set", "validation_fraction=0.1",
         "--set", "batch_size=16", "--set", "delta=1e-5", "--set", "epochs=1",
         "--num-samples", "2", "--storage-path", str(tmp_path), "--name", "cx", "--num-cpus", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     directory = tmp_path / "cx"
-    assert json.loads((directory / "search.json").read_text())["metric"] == "val_auc"
+    # With DP validation the search selects on the noisy per-finding accuracy; the release
+    # reports test AUC per group (the test split is public).
+    assert json.loads((directory / "search.json").read_text())["privacy"]["metric"] == (
+        "val_accuracy"
+    )
     experiment = results.load_experiment(directory)
-    assert experiment.metric == "val_auc"
-    assert experiment.trials["val_score"].equals(experiment.trials["val_auc"])
+    assert experiment.metric == "val_accuracy"
+    assert experiment.trials["val_score"].equals(experiment.trials["val_accuracy"])
     assert "test_worst_group_auc" in experiment.trials
     markdown = (directory / "pareto.md").read_text()
-    assert "# AUC vs ε" in markdown and "worst group AUC" in markdown
+    assert "test AUC" in markdown and "worst group AUC" in markdown
+
+
+def test_public_validation_keeps_auc_as_the_search_metric(chexpert_dir, tmp_path):
+    from search.plan import make_plan
+
+    public = write_synthetic_chexpert(tmp_path / "public", n_train=20, n_valid=4, seed=1)
+    overrides = {"data_dir": str(chexpert_dir), "model": "test_resnet", "pretrained": False,
+                 "image_size": 32, "batch_size": 16, "epochs": 1, "validation": "public",
+                 "validation_data": str(public)}  # fmt: skip
+    plan = make_plan(
+        space_name="chexpert", overrides=overrides, num_samples=2, budget_epsilon=None,
+        delta=1e-5, mode="composition", trials_distribution="poisson", eta=None,
+        searcher="optuna", scheduler="fifo", seed=0,
+    )  # fmt: skip
+    assert plan.metric == "val_auc" and plan.privacy.validation == "public"
+    assert not plan.releases_validation and plan.privacy.val_noise_multiplier is None

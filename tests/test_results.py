@@ -4,6 +4,7 @@ format parsed back, the plot, and the export CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -39,14 +40,20 @@ def make_experiment(
     """An experiment directory as `search/run.py` leaves it, from trial descriptions:
     {id, q, sigma, steps, status, start (first report time), end, val, test, config…}."""
     directory.mkdir(parents=True)
-    plan = {
-        "space": "hand_made", "mode": mode, "num_trials": len(trials), "trials_mean": None,
-        "trials_distribution": None, "eta": None, "budget_epsilon": None, "delta": DELTA,
-        "noise_multiplier": None, "worst_sample_rate": 0.01, "worst_steps": 100, "n_train": N,
-        "searcher": searcher, "scheduler": scheduler, "seed": 0, "fixed": {},
-    }  # fmt: skip
-    plan.update(plan_extra)
-    (directory / "search.json").write_text(json.dumps(plan))
+    # The plan search/run.py writes: every mechanism a trial may run (here: the trials' own),
+    # as many trials as ran, the declared budgets.
+    candidates = sorted({(t["q"], t["sigma"], t["steps"]) for t in trials if t["sigma"] > 0})
+    plan = accounting.SearchPrivacyPlan(**{
+        "mode": mode, "delta": DELTA, "num_trials": max(len(trials), 1),
+        "candidates": tuple(accounting.Mechanism(sample_rate=q, noise_multiplier=s, steps=n)
+                            for q, s, n in candidates),
+        "adaptive": not (searcher == "random" and scheduler == "fifo"),
+        "validation": "dp", "val_noise_multiplier": 20.0, **plan_extra,
+    })  # fmt: skip
+    search = {"space": "hand_made", "n_train": N, "searcher": searcher, "scheduler": scheduler,
+              "seed": 0, "fixed": {}}  # fmt: skip
+    (directory / "search.json").write_text(json.dumps({"search": search,
+                                                       "privacy": plan.to_dict()}))
     ledger = PrivacyLedger(directory)
     for t in trials:
         common = dict(
@@ -86,6 +93,18 @@ def up(value: float) -> float:
     return accounting.round_up(value, 3)
 
 
+def cost(experiment, *trials) -> float:
+    """What stopping the search after `trials` costs under the plan's scaled filter."""
+    curve = sum((accounting.ParallelCurve.of(event(t)) for t in trials),
+                accounting.ParallelCurve.zero())  # fmt: skip
+    return experiment.privacy.filter_cost(curve)
+
+
+def covered(experiment, budget) -> float:
+    """The ε a release at `budget` is covered by: the plan's guarantee scaled to `budget`."""
+    return up(experiment.privacy.budget_curve(budget).epsilon(DELTA))
+
+
 # Three trials: a cheap one, an expensive accurate one, another cheap one (launch order).
 CHEAP_1 = dict(id="a", q=0.01, sigma=1.0, steps=100, status="completed", start=10, end=20, val=0.60)
 COSTLY = dict(id="b", q=0.05, sigma=0.8, steps=300, status="completed", start=11, end=40, val=0.90)
@@ -93,44 +112,79 @@ CHEAP_2 = dict(id="c", q=0.01, sigma=1.0, steps=100, status="completed", start=3
 
 
 def test_random_search_admits_every_trial_that_still_fits(tmp_path):
-    # Random search + FIFO: the skip rule, in launch order; hand-computed composition.
+    # Random search + FIFO: the skip rule, in launch order, under the plan's scaled filter.
     trials = [CHEAP_1, COSTLY, CHEAP_2]
     experiment = results.load_experiment(
         make_experiment(tmp_path / "e", trials, searcher="random", scheduler="fifo")
     )
-    budget_small = composed(CHEAP_1, CHEAP_2) + 1e-6  # both cheap fit, the costly one not
-    assert composed(CHEAP_1, COSTLY) > budget_small
-    everything = composed(CHEAP_1, COSTLY, CHEAP_2)
+    budget_small = cost(experiment, CHEAP_1, CHEAP_2) + 1e-6  # both cheap fit, the costly not
+    assert cost(experiment, CHEAP_1, COSTLY) > budget_small
+    everything = cost(experiment, CHEAP_1, COSTLY, CHEAP_2)
+    assert everything < experiment.privacy.epsilon()  # the plan: 3 trials at the worst case
     table = results.search_adjusted_frontier(experiment, [budget_small, everything + 1e-6])
     small, large = table.iloc[0], table.iloc[1]
     assert small["rule"] == "skip"
-    assert small["trial_id"] == "c" and small["trials_covered"] == 2
-    assert small["search_epsilon"] == up(composed(CHEAP_1, CHEAP_2))
-    assert large["trial_id"] == "b" and large["trials_covered"] == 3
-    assert large["search_epsilon"] == up(everything)
-    # A budget below any single trial releases nothing and spends nothing.
+    assert small["trial_id"] == "c" and small["search_epsilon"] == covered(experiment, budget_small)
+    assert small["search_epsilon"] <= up(budget_small)
+    assert large["trial_id"] == "b"
+    assert large["search_epsilon"] == covered(experiment, everything + 1e-6) <= up(everything)
+    # A budget below any single trial releases nothing.
     empty = results.search_adjusted_frontier(experiment, [0.01]).iloc[0]
-    assert pd.isna(empty["trial_id"]) and empty["search_epsilon"] == 0
+    assert pd.isna(empty["trial_id"]) and empty["search_epsilon"] <= 0.01
 
 
-def test_adaptive_search_stops_at_a_moment_and_counts_everything_reported(tmp_path):
-    # TPE: information flows through reports, so stopping at time t costs every trial that had
-    # reported by t (all its steps), and releases the best trial completed by t.
-    trials = [CHEAP_1, COSTLY, CHEAP_2]
-    experiment = results.load_experiment(make_experiment(tmp_path / "e", trials))
-    # Stop at t=20 (a completes): a and b (first report at 11) count; c (first report at 30)
-    # does not. By t=40 (b completes) c has reported, so that stop costs all three.
-    at_20 = composed(CHEAP_1, COSTLY)
-    at_40 = composed(CHEAP_1, COSTLY, CHEAP_2)
-    table = results.search_adjusted_frontier(experiment, [at_20 - 1e-3, at_20 + 1e-6, at_40 + 1e-6])
+def _claims(directory, trial_id, q, sigma, planned, claims):
+    """Ledger lines of one trial as the trainer writes them: a reservation, then the steps
+    claimed ahead of each epoch at the given times."""
+    ledger = PrivacyLedger(directory)
+    for time, steps, status in claims:
+        ledger.append(LedgerRecord(trial_id=trial_id, attempt="a1", sample_rate=q,
+                                   noise_multiplier=sigma, steps=steps, status=status,
+                                   planned_steps=planned, time=time))  # fmt: skip
+
+
+def test_adaptive_stop_time_counts_every_started_trial_and_the_rest_of_running_ones(tmp_path):
+    """Stopping an adaptive search at t costs, for every trial started by t, the steps it had
+    claimed by t plus the planned rest of those still running — not only the trials that had
+    reported (a trial that has not reported yet has still read the data)."""
+    a = dict(CHEAP_1, start=10, end=20)
+    b = dict(COSTLY, start=11, end=40)
+    c = dict(CHEAP_2, start=30, end=50)
+    directory = make_experiment(tmp_path / "e", [], searcher="optuna")
+    privacy = accounting.SearchPrivacyPlan.load(directory)
+    candidates = tuple(accounting.Mechanism(sample_rate=t["q"], noise_multiplier=t["sigma"],
+                                            steps=t["steps"]) for t in (a, b))  # fmt: skip
+    plan = json.loads((directory / "search.json").read_text())
+    plan["privacy"] = dataclasses.replace(privacy, candidates=candidates, num_trials=3).to_dict()
+    (directory / "search.json").write_text(json.dumps(plan))
+    # a: reserved at 10, claims its 100 steps, completes at 20.
+    _claims(directory, "a", 0.01, 1.0, 100, [(10, 0, "running"), (10.5, 100, "running"),
+                                             (20, 100, "completed")])  # fmt: skip
+    # b: reserved at 11, claims 150 of its 300 steps at 11.5 (no report before 25), then all.
+    _claims(directory, "b", 0.05, 0.8, 300, [(11, 0, "running"), (11.5, 150, "running"),
+                                             (25, 300, "running"), (40, 300, "completed")])
+    # c: reserved at 30 (after a's completion).
+    _claims(directory, "c", 0.01, 1.0, 100, [(30, 0, "running"), (30.5, 100, "running"),
+                                             (50, 100, "completed")])  # fmt: skip
+    for t in (a, b, c):
+        folder = directory / f"dp_trial_{t['id']}"
+        folder.mkdir()
+        (folder / "result.json").write_text(json.dumps(
+            {"trial_id": t["id"], "done": True, "val_accuracy": t["val"], "steps": t["steps"],
+             "test_accuracy": t["val"] - 0.01, "config": {}}) + "\n")  # fmt: skip
+    experiment = results.load_experiment(directory)
+    at_20 = cost(experiment, a, b)  # b counts whole: 150 claimed + its planned rest
+    at_40 = cost(experiment, a, b, c)
+    assert at_20 < at_40
+    table = results.search_adjusted_frontier(experiment, [at_20 - 1e-3, at_20 + 1e-6,
+                                                          at_40 + 1e-6])  # fmt: skip
     assert list(table["rule"]) == ["stop-time"] * 3
-    assert pd.isna(table.iloc[0]["trial_id"])  # even the first stop costs a and b together
-    assert table.iloc[1]["trial_id"] == "a" and table.iloc[1]["search_epsilon"] == up(at_20)
-    assert table.iloc[1]["trials_covered"] == 2
-    assert table.iloc[2]["trial_id"] == "b" and table.iloc[2]["search_epsilon"] == up(at_40)
-    assert table.iloc[2]["trials_covered"] == 3
-    # The whole search, as the experiment reports it, is the last stop.
-    assert up(experiment.search().epsilon) == up(at_40)
+    assert pd.isna(table.iloc[0]["trial_id"])  # even the first stop costs a and all of b
+    assert table.iloc[1]["trial_id"] == "a"
+    assert table.iloc[1]["search_epsilon"] == covered(experiment, at_20 + 1e-6)
+    assert table.iloc[2]["trial_id"] == "b"
+    # The release ε never depends on when trials reported: it is the plan's.
+    assert experiment.search_epsilon().epsilon == experiment.privacy.epsilon()
 
 
 def test_random_stopping_search_is_one_bound(tmp_path):
@@ -150,20 +204,29 @@ def test_random_stopping_search_is_one_bound(tmp_path):
     assert table.iloc[1]["rule"] == "random-stopping"
 
 
-def test_several_experiments_give_one_frontier_and_say_what_choosing_costs(tmp_path):
+def test_several_experiments_charge_choosing_among_them(tmp_path):
     low = make_experiment(tmp_path / "eps1", [CHEAP_1], searcher="random")
     high = make_experiment(tmp_path / "eps8", [COSTLY], searcher="random")
     experiments = results.load_experiments([low, high])
-    budgets = [composed(CHEAP_1) + 1e-6, composed(COSTLY) + 1e-6]
+    both = composed(CHEAP_1, COSTLY)
+    budgets = [composed(COSTLY) + 1e-6, both + 1e-6]
+    per = results.search_adjusted_frontier(experiments, budgets, per_experiment=True)
+    assert len(per) == 4
+    # Alone, eps8's costly trial fits the first budget …
+    assert per[(per["experiment"] == "eps8")].iloc[0]["trial_id"] == "b"
     table = results.search_adjusted_frontier(experiments, budgets)
-    assert list(table["experiment"]) == ["eps1", "eps8"]
-    assert list(table["trial_id"]) == ["a", "b"]
-    assert len(results.search_adjusted_frontier(experiments, budgets, per_experiment=True)) == 4
+    assert table["selection_charged"].all()
+    # … but choosing it over eps1 means both searches ran: at that budget the two together
+    # do not fit, so the best affordable choice is eps1's cheap trial (or nothing).
+    first, second = table.iloc[0], table.iloc[1]
+    assert first["trial_id"] != "b" and first["search_epsilon"] <= up(budgets[0])
+    assert second["trial_id"] == "b" and second["experiment"] == "eps8"
+    assert second["search_epsilon"] == up(both) and second["search_epsilon"] <= up(budgets[1])
     eps, delta = results.all_experiments_epsilon(experiments)
-    assert eps == pytest.approx(composed(CHEAP_1, COSTLY), rel=1e-9) and delta == DELTA
+    assert eps == pytest.approx(both, rel=1e-9) and delta == DELTA
     report = results.build_report(experiments, budgets)
     assert set(report.frontier["experiment"]) == {"eps1", "eps8"}
-    assert "choosing among the experiments" in report.captions["search-adjusted"]
+    assert "Choosing among 2 experiments is charged" in report.captions["search-adjusted"]
 
 
 def test_per_trial_frontier_shows_what_releasing_each_point_costs(tmp_path):
@@ -175,8 +238,8 @@ def test_per_trial_frontier_shows_what_releasing_each_point_costs(tmp_path):
     assert list(front.index) == ["c", "b"]  # a is dominated by c (same ε, lower accuracy)
     # c (0.70) is released once both cheap trials fit; b (0.90) once a and b fit (c, after
     # them in launch order, then no longer does).
-    assert front.loc["c", "search_epsilon_to_release"] == up(composed(CHEAP_1, CHEAP_2))
-    assert front.loc["b", "search_epsilon_to_release"] == up(composed(CHEAP_1, COSTLY))
+    assert front.loc["c", "search_epsilon_to_release"] == up(cost(experiment, CHEAP_1, CHEAP_2))
+    assert front.loc["b", "search_epsilon_to_release"] == up(cost(experiment, CHEAP_1, COSTLY))
     assert (front["search_epsilon_to_release"] >= front["reported_epsilon"]).all()
 
 
@@ -189,9 +252,9 @@ def test_failed_and_stopped_trials_never_enter_the_frontier(tmp_path):
     report = results.build_report(experiment)
     assert list(report.frontier["trial_id"]) == ["a"]
     assert set(report.adjusted["trial_id"].dropna()) == {"a"}
-    # ... but their steps count: the whole search composes all three.
+    # ... but their steps count: what the ledger shows spent composes all three.
     whole = composed(CHEAP_1, stopped, failed)
-    assert experiment.search().epsilon == pytest.approx(whole, rel=1e-9)
+    assert experiment.search_epsilon().spent == pytest.approx(whole, rel=1e-9)
 
 
 def test_fairness_columns_and_the_non_private_baseline(tmp_path):
@@ -228,13 +291,14 @@ def test_trainer_reports_group_accuracy_consistent_with_accuracy():
 
     config = make_config(tiny(synthetic_groups=3, epochs=1))
     metrics = train(config)
-    groups = load_splits(config).validation_groups
+    groups = load_splits(config).test_groups
     sizes = torch.bincount(groups, minlength=3).tolist()
-    per_group = metrics["val_group_accuracy"]
+    per_group = metrics["test_group_accuracy"]
     assert list(per_group) == ["group_0", "group_1", "group_2"]
     weighted = sum(per_group[f"group_{g}"] * sizes[g] for g in range(3)) / sum(sizes)
-    assert weighted == pytest.approx(metrics["val_accuracy"])
-    assert set(metrics["test_group_accuracy"]) == set(per_group)
+    assert weighted == pytest.approx(metrics["test_accuracy"])
+    # DP validation releases one noisy score: no per-group figure of the validation records.
+    assert "val_group_accuracy" not in metrics
 
 
 # --- exports ------------------------------------------------------------------------------
@@ -277,7 +341,8 @@ def test_latex_export_is_booktabs_tabulars_with_one_row_per_entry(report):
     latex = results.to_latex(report)
     tabulars = re.findall(r"\\begin\{tabular\}.*?\\end\{tabular\}", latex, flags=re.S)
     assert len(tabulars) == 2
-    for body, expected in zip(tabulars, (len(report.adjusted), len(report.frontier)), strict=True):
+    declared = len(report.table("search-adjusted"))
+    for body, expected in zip(tabulars, (declared, len(report.frontier)), strict=True):
         assert "\\toprule" in body and "\\midrule" in body and "\\bottomrule" in body
         rows = body.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0]
         assert rows.count("\\\\") == expected
@@ -289,7 +354,12 @@ def test_markdown_export_has_both_tables_and_says_what_is_released(report):
     markdown = results.to_markdown(report)
     assert "## DP release" in markdown and "analyst-only" in markdown
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == 2 + len(report.adjusted) + len(report.frontier)  # + 2 headers
+    # Three tables (each + its header): declared budgets (DP releases), the budget 50 chosen
+    # after the search (analyst-only), the per-trial frontier.
+    assert len(table_rows) == 3 + len(report.adjusted) + len(report.frontier)
+    release_section = markdown.split("## Analyst-only")[0]
+    assert "| 50 |" not in release_section and "| 8 |" in release_section
+    assert "| 50 |" in markdown.split("### Budgets chosen after the search")[1]
 
 
 def test_plot_is_a_real_png(report, tmp_path):
@@ -338,7 +408,7 @@ def test_damaged_directory_loads_with_warnings_that_name_what_is_missing(tmp_pat
     trials = experiment.trials.set_index("trial_id")
     assert trials.loc["c", "val_accuracy"] == 0.70  # the last good line
     # b's ε still counts toward the search though its results are gone.
-    assert experiment.search().epsilon == pytest.approx(composed(CHEAP_1, COSTLY, CHEAP_2))
+    assert experiment.search_epsilon().spent == pytest.approx(composed(CHEAP_1, COSTLY, CHEAP_2))
     results.build_report(experiment)  # and it still reports
 
 

@@ -24,8 +24,8 @@ from .test_security import assert_token_absent
 
 TINY = [
     "--space", "fmnist_quick",
-    "--set", "dataset=synthetic", "--set", "synthetic_examples=256",
-    "--set", "validation_size=64", "--set", "batch_size=64", "--set", "delta=1e-4",
+    "--set", "dataset=synthetic", "--set", "synthetic_examples=320",
+    "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "delta=1e-4",
 ]  # fmt: skip
 
 

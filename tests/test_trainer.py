@@ -13,7 +13,7 @@ from trainers.models import build_model
 from .conftest import tiny
 
 REPORT_KEYS = {
-    "epoch", "steps", "val_accuracy", "val_loss", "val_class_accuracy",
+    "epoch", "steps", "val_accuracy", "val_releases", "val_noise_multiplier", "val_dp",
     "sample_rate", "noise_multiplier", "epsilon", "delta", "private", "done",
 }  # fmt: skip
 
@@ -24,10 +24,13 @@ def test_private_trial_reports_each_epoch_and_meets_its_target_epsilon():
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     for report in reports:
         assert REPORT_KEYS <= set(report)
-        assert len(report["val_class_accuracy"]) == 10
-    # Poisson sampling at q = 1 / ceil(N / B): 256 examples, B = 64 → 4 steps per epoch.
-    assert [r["steps"] for r in reports] == [4, 8, 12]
-    assert reports[0]["sample_rate"] == pytest.approx(0.25)
+        # DP validation: one noisy score per epoch, and no exact figure of the validation set.
+        assert not {"val_loss", "val_class_accuracy"} & set(report)
+    assert [r["val_releases"] for r in reports] == [1, 2, 3]
+    # Poisson sampling at q = 1 / ceil(N / B), N the records the keyed hash left to training.
+    per_epoch = math.ceil(reports[0]["n_train"] / 64)
+    assert [r["steps"] for r in reports] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert reports[0]["sample_rate"] == pytest.approx(1 / per_epoch)
     epsilons = [r["epsilon"] for r in reports]
     assert epsilons == sorted(epsilons) and epsilons[-1] <= 2.0
     assert epsilons[-1] >= 1.98  # σ calibrated to the target, not merely below it
@@ -59,13 +62,36 @@ def test_private_training_learns_on_easy_data():
     assert final["test_accuracy"] > 0.6
 
 
-def test_same_seed_same_run_different_seed_different_run():
+def test_a_default_run_cannot_be_replayed_from_its_configuration():
+    """Sampling and noise come from secret seeds: the same configuration (same `seed`) trains
+    a different model each time, so knowing every setting does not let anyone replay it."""
     a = train(make_config(tiny(epochs=1, seed=3)))
     b = train(make_config(tiny(epochs=1, seed=3)))
-    c = train(make_config(tiny(epochs=1, seed=4)))
-    for key in ("val_loss", "test_loss", "train_loss", "epsilon"):
+    assert a["test_loss"] != b["test_loss"] and a["train_loss"] != b["train_loss"]
+    assert a["epsilon"] == b["epsilon"]  # the mechanism is the same, only its noise differs
+    assert a["reproducible"] is False and "release_label" not in a
+
+
+def test_reproducible_run_replays_and_says_it_is_no_dp_release():
+    a = train(make_config(tiny(epochs=1, seed=3, reproducible=True)))
+    b = train(make_config(tiny(epochs=1, seed=3, reproducible=True)))
+    c = train(make_config(tiny(epochs=1, seed=4, reproducible=True)))
+    for key in ("val_accuracy", "test_loss", "train_loss", "epsilon"):
         assert a[key] == b[key]
-    assert a["val_loss"] != c["val_loss"]
+    assert a["test_loss"] != c["test_loss"]
+    assert "not a DP release" in a["release_label"]
+
+
+def test_secret_seeds_never_reach_reports_or_logs(monkeypatch, caplog):
+    import trainers.randomness
+
+    sentinel = 0x5EC2E7_5EED_1234
+    monkeypatch.setattr(trainers.randomness.secrets, "randbits", lambda bits: sentinel)
+    reports, claims = [], []
+    caplog.set_level("DEBUG")
+    train(make_config(tiny(epochs=1)), reports.append, before_epoch=claims.append)
+    text = repr(reports) + repr(claims) + caplog.text
+    assert str(sentinel) not in text and hex(sentinel) not in text
 
 
 def test_physical_batch_size_does_not_change_the_mechanism():
@@ -145,12 +171,12 @@ def test_nf_resnet_trains_privately_despite_inplace_activations():
         make_config(
             tiny(
                 model="nf_resnet26", synthetic_channels=3, synthetic_image_size=32,
-                synthetic_examples=16, validation_size=4, batch_size=8,
+                synthetic_examples=20, validation_fraction=0.2, batch_size=8,
                 max_physical_batch_size=8, epochs=1,
             )
         )
     )  # fmt: skip
-    assert final["steps"] == 2 and final["epsilon"] <= 8.0
+    assert final["steps"] == math.ceil(final["n_train"] / 8) and final["epsilon"] <= 8.0
 
 
 def test_residual_in_place_additions_are_handled():
@@ -205,7 +231,8 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
 
 @pytest.mark.parametrize("private", [True, False])
 def test_resuming_from_a_saved_state_reproduces_the_uninterrupted_run(private, tmp_path):
-    config = make_config(tiny(epochs=3, private=private, learning_rate=0.1 if not private else 0.5))
+    config = make_config(tiny(epochs=3, private=private, learning_rate=0.1 if not private else 0.5,
+                              reproducible=True))  # fmt: skip
     uninterrupted = train(config)
 
     states = []
@@ -225,5 +252,5 @@ def test_resuming_from_a_saved_state_reproduces_the_uninterrupted_run(private, t
     resumed = train(config, resumed_reports.append, state=restored)
     assert [r["epoch"] for r in resumed_reports] == [2, 3]
     assert resumed_reports[0]["start_steps"] == reports[0]["steps"]
-    for key in ("steps", "epsilon", "val_loss", "test_loss", "test_accuracy"):
+    for key in ("steps", "epsilon", "val_accuracy", "val_releases", "test_loss", "test_accuracy"):
         assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-6), key

@@ -8,8 +8,10 @@ own folder name (`CheXpert-v1.0-small/train/…`), resolved against the director
 
 - Labels: the five competition findings (`LABELS`). Uncertain labels become `uncertain_label`
   (U-Ones by default: Irvin et al.'s best single policy for Atelectasis and Edema); blank → 0.
-- Splits: the official `valid.csv` (radiologist-checked) is the test split; the validation split
-  is drawn from `train.csv` by `split_seed` like every other data set.
+- Splits: the official `valid.csv` (radiologist-checked) is the test split; `train.csv` is the
+  private pool, partitioned into training and validation images by a keyed hash of each image's
+  path (its stable record id) like every other data set. One record is one image: a patient
+  with k images is protected at the group-privacy cost of k records (docs/privacy.md).
 - Groups: `group_attribute` ∈ sex, age (buckets <40, 40–59, 60–79, 80+), race — the results
   layer's per-group AUC columns (Seyyed-Kalantari et al. 2021 found the largest under-diagnosis
   gaps there).
@@ -38,11 +40,18 @@ def load_chexpert(config: TrainConfig):
     """(train images, train labels, test images, test labels, label names, groups)."""
     directory = _directory(config)
     size = config.image_size or DEFAULT_SIZE
-    limit = None
-    if config.max_train_examples is not None:
-        limit = config.max_train_examples + config.validation_size
-    train_rows = _rows(directory / "train.csv", limit)
-    test_rows = _rows(directory / "valid.csv", None)
+    train_rows = _rows(directory / "train.csv")
+    if config.train_fraction < 1.0:
+        # Only the images either part will read are loaded (the same rule as load_splits).
+        from trainers.data import partition
+
+        in_validation, in_train = partition(
+            [row["Path"].encode() for row in train_rows], key=config.split_seed,
+            validation_fraction=config.held_out_fraction, train_fraction=config.train_fraction,
+        )  # fmt: skip
+        train_rows = [row for row, v, t in zip(train_rows, in_validation, in_train,
+                                                strict=True) if v or t]  # fmt: skip
+    test_rows = _rows(directory / "valid.csv")
     if not train_rows or not test_rows:
         raise TrainerError(
             f"{directory} has no frontal images listed in train.csv or valid.csv; check that it "
@@ -51,7 +60,8 @@ def load_chexpert(config: TrainConfig):
     train_x, train_y, train_g = _tensors(directory, train_rows, size, config)
     test_x, test_y, test_g = _tensors(directory, test_rows, size, config)
     names = _group_names(config.group_attribute)
-    return train_x, train_y, test_x, test_y, LABELS, (train_g, test_g, names)
+    ids = [row["Path"].encode() for row in train_rows]
+    return train_x, train_y, test_x, test_y, LABELS, (train_g, test_g, names), ids
 
 
 def _directory(config: TrainConfig) -> Path:
@@ -69,7 +79,7 @@ def _directory(config: TrainConfig) -> Path:
     return directory
 
 
-def _rows(path: Path, limit: int | None) -> list[dict]:
+def _rows(path: Path) -> list[dict]:
     rows = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
@@ -83,8 +93,6 @@ def _rows(path: Path, limit: int | None) -> list[dict]:
             if row.get("Frontal/Lateral", "Frontal") != "Frontal":
                 continue
             rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
     return rows
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accounting import VALIDATION_MODES
+
 
 class TrainerError(ValueError):
     """Bad configuration, missing data or weights, or a model that cannot be made private.
@@ -41,13 +43,28 @@ class TrainConfig:
     """Where the data set lies; None: the standard places (see README, "Data and weights")."""
     download: bool = False
     """Let torchvision download a missing data set (needs internet)."""
-    validation_size: int = 5000
-    """Examples held out of the training split for tuning (0: none; the test split is only
-    ever used for the final report)."""
-    max_train_examples: int | None = None
-    """Train on the first N (shuffled) examples only: quick runs. ε is computed for this N."""
+    validation: str = "dp"
+    """dp: validation scores come from a held-out part of the private pool and are released
+    through a Gaussian mechanism (noisy counts; accounted in the ledger); public: from the
+    separate data set in `validation_data`, which you declare public (no privacy cost; never
+    the test split); off: no validation score."""
+    validation_fraction: float = 0.1
+    """validation=dp: the share of the private pool held out for validation. Each record's part
+    is decided by a keyed hash of its own content (`split_seed` the key), so adding or
+    removing one record moves no other; the realised size varies around the share."""
+    validation_data: str | None = None
+    """validation=public: the directory of a separate validation set in the data set's format
+    (its training files are read), declared public by you."""
+    val_noise_multiplier: float = 20.0
+    """validation=dp: σ_v, the noise of every released validation score in units of its L2
+    sensitivity (the count of correct predictions: 1; per-finding counts: √findings): ±20
+    correct answers, 0.4 % accuracy on 5000 validation examples."""
+    train_fraction: float = 1.0
+    """The share of the non-validation records that train, chosen by the same keyed hash: quick
+    runs on part of a large pool. ε is computed for the realised number of examples."""
     synthetic_examples: int = 1024
-    """Synthetic data set only: number of training examples (the test split has a quarter)."""
+    """Synthetic data set only: size of the pool (training and validation; the test split has
+    a quarter as many)."""
     synthetic_image_size: int = 28
     """Synthetic data set only: height and width of the images."""
     synthetic_channels: int = 1
@@ -71,6 +88,11 @@ class TrainConfig:
     """timm models: a local weights file to use instead of downloading (implies pretrained)."""
     image_size: int | None = None
     """Resize inputs to this size (e.g. for pretrained timm models); None: native size."""
+    input_mean: str | None = None
+    """Per-channel normalisation mean in [0, 1], comma-separated (one value: every channel).
+    None: the data set's published constant, or 0.5 — never a statistic of the private images."""
+    input_std: str | None = None
+    """Per-channel normalisation std, like `input_mean` (None: published constant, or 0.5)."""
 
     # --- optimisation ---
     optimizer: str = "sgd"
@@ -82,11 +104,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     """L2 penalty applied by the optimizer (after noising: post-processing)."""
     batch_size: int = 256
-    """Expected logical batch size B; the Poisson sampling rate is q = B / N."""
+    """Expected logical batch size B; the Poisson sampling rate is q = 1 / ⌈N / B⌉ (≤ B / N,
+    Opacus's loader; accounting.dp_sgd_schedule)."""
     max_physical_batch_size: int = 256
     """Largest batch put through the model at once; logical batches are split to fit memory."""
     epochs: int = 1
-    """Passes over the training data: T = epochs · round(N / B) steps."""
+    """Passes over the training data: T = epochs · ⌈N / B⌉ steps (accounting.dp_sgd_schedule)."""
 
     # --- paper recipes (see trainers/augment.py, ema.py, layers.py, features.py) ---
     augmult: int = 0
@@ -134,9 +157,15 @@ class TrainConfig:
 
     # --- run ---
     seed: int = 0
-    """Seeds model init, sampling and noise: same seed, same run."""
+    """Seeds model initialisation and augmentation (public randomness). Sampling and noise
+    come from secret randomness unless `reproducible` is set."""
+    reproducible: bool = False
+    """True: Poisson sampling, DP-SGD noise and validation noise are seeded from `seed` too, so
+    the run can be replayed — a research run, NOT a DP release (every output says so). False
+    (default): they are seeded from os.urandom and the seeds are never written anywhere."""
     split_seed: int = 0
-    """Seeds the train/validation split; keep it fixed across the trials of a search."""
+    """Key of the keyed hash that assigns each record to training or validation (it may be
+    public: the partition only has to ignore the other records); fixed across a search."""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda, or cuda:N."""
     eval_batch_size: int = 1024
@@ -147,6 +176,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def held_out_fraction(self) -> float:
+        """The share of the private pool held out for validation (0 unless validation=dp)."""
+        return self.validation_fraction if self.validation == "dp" else 0.0
 
 
 def _validate(c: TrainConfig) -> None:
@@ -163,10 +197,21 @@ def _validate(c: TrainConfig) -> None:
         f"unknown optimizer {c.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.",
     )
     need(c.accountant in ("rdp", "pld"), f"unknown accountant {c.accountant!r}; choose rdp or pld.")
-    need(c.validation_size >= 0, f"validation_size must be ≥ 0 (got {c.validation_size}).")
     need(
-        c.max_train_examples is None or c.max_train_examples >= 1,
-        f"max_train_examples must be ≥ 1 or unset (got {c.max_train_examples}).",
+        c.validation in VALIDATION_MODES,
+        f"unknown validation {c.validation!r}; choose one of: {', '.join(VALIDATION_MODES)}.",
+    )
+    need(
+        0.0 <= c.validation_fraction < 1.0,
+        f"validation_fraction must lie in [0, 1) (got {c.validation_fraction}); 0.1 is usual.",
+    )
+    need(
+        0.0 < c.train_fraction <= 1.0,
+        f"train_fraction must lie in (0, 1] (got {c.train_fraction}).",
+    )
+    need(
+        c.val_noise_multiplier > 0 and math.isfinite(c.val_noise_multiplier),
+        f"val_noise_multiplier must be a positive number (got {c.val_noise_multiplier}).",
     )
     need(c.synthetic_examples >= 2, f"synthetic_examples must be ≥ 2 (got {c.synthetic_examples}).")
     need(
@@ -290,7 +335,10 @@ def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
             raise TrainerError(
                 f"unknown hyperparameter {key!r}; known: {', '.join(sorted(hints))}."
             )
-        result[key] = _coerce(key, _parse_text(raw.strip()), hints[key])
+        value = _parse_text(raw.strip())
+        if hints[key] is str and value is not None:
+            value = raw.strip()  # a text setting keeps its words ("off", "1e-3", …)
+        result[key] = _coerce(key, value, hints[key])
     return result
 
 

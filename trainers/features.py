@@ -33,7 +33,7 @@ from trainers.layers import head_module
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = DEFAULT_DATA_ROOT.parent / "features"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keyed-hash partition, public normalisation
 
 
 def cache_applies(config: TrainConfig) -> bool:
@@ -61,7 +61,8 @@ def cache_key(config: TrainConfig) -> str:
         **{
             k: getattr(config, k)
             for k in (
-                "dataset", "data_dir", "validation_size", "max_train_examples", "split_seed",
+                "dataset", "data_dir", "validation", "validation_fraction", "validation_data",
+                "train_fraction", "split_seed", "input_mean", "input_std",
                 "synthetic_examples", "synthetic_image_size", "synthetic_channels",
                 "synthetic_classes", "synthetic_groups",
             )
@@ -190,7 +191,11 @@ def _features(model, head, images, prepare, batch_size) -> torch.Tensor:
 
 @torch.no_grad()
 def _head_is_output(model, head, splits: Splits, prepare) -> bool:
-    probe = splits.train.tensors[0][:2]
+    # A public probe (fixed random inputs of the data's shape), never private examples: the
+    # decision to use the cache must not depend on the data.
+    shape = splits.train.tensors[0].shape[1:]
+    inputs = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (2, *shape), generator=inputs, dtype=torch.uint8)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
     saved = [p.detach().clone() for p in head.parameters()]

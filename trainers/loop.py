@@ -36,6 +36,14 @@ from trainers.fast_clip import (
 from trainers.features import cache_applies, cached_features, load_cached_head
 from trainers.layers import select_trainable, set_frozen_modes
 from trainers.models import build_model, check_pretrained_file
+from trainers.randomness import (
+    NOISE,
+    RESEARCH_RUN,
+    SAMPLING,
+    VALIDATION,
+    mechanism_generator,
+)
+from trainers.validation import release_validation
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,11 @@ def train(
         )
     ema = ParameterEma(model, config.ema_decay) if config.ema_decay > 0 else None
     augment_generator = torch.Generator().manual_seed(config.seed + 3)
+    # The validation score's noise is part of the mechanism: secret unless reproducible.
+    val_generator = mechanism_generator(config, VALIDATION)
+    releases_validation = splits.validation is not None and config.validation == "dp"
+    if config.reproducible:
+        log.warning(RESEARCH_RUN)
     log.info(
         "training %s on %s: n=%d, q=%.5g, σ=%.4g, C=%g, %d steps (%d per epoch)%s, device %s",
         config.model, config.dataset, n_train, sample_rate, noise_multiplier,
@@ -148,17 +161,29 @@ def train(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         steps, first_epoch = state["steps"], state["epoch"] + 1
+        val_releases = state.get("val_releases", 0)
+        if state.get("val_generator") is not None:
+            val_generator.set_state(state["val_generator"])
         log.info("resumed after epoch %d (%d steps)", state["epoch"], steps)
-    start_steps = steps
+    else:
+        val_releases = 0
+    start_steps, start_val_releases = steps, val_releases
+    val_sigma = config.val_noise_multiplier if releases_validation else 0.0
+    ledger_fields = {
+        "start_steps": start_steps, "sample_rate": sample_rate,
+        "noise_multiplier": noise_multiplier, "n_train": n_train,
+        "tan_simulated": mechanism.simulated, "start_val_releases": start_val_releases,
+        "val_noise_multiplier": val_sigma,
+        "planned_val_releases": mechanism.epochs if releases_validation else 0,
+    }  # fmt: skip
     started = time.monotonic()
     metrics: dict[str, Any] = {}
     for epoch in range(first_epoch, mechanism.epochs + 1):
         if before_epoch is not None:
             upcoming = min(planned_steps, steps + mechanism.steps_per_epoch)
             before_epoch({
-                "epoch": epoch, "steps": upcoming, "start_steps": start_steps,
-                "sample_rate": sample_rate, "noise_multiplier": noise_multiplier,
-                "n_train": n_train, "tan_simulated": mechanism.simulated,
+                "epoch": epoch, "steps": upcoming,
+                "val_releases": val_releases + int(releases_validation), **ledger_fields,
             })  # fmt: skip
         model.train()
         if cached is None:
@@ -185,14 +210,16 @@ def train(
             "steps": steps,
             "train_loss": train_loss / max(train_seen, 1),
             **_mechanism(config, sample_rate, noise_multiplier, steps),
-            "start_steps": start_steps,
-            "n_train": n_train,
+            **ledger_fields,
             "time_s": time.monotonic() - started,
             "done": done,
             "trainable_parameters": counts["trainable_parameters"],
             "feature_cache": cached is not None,
             "clipping": engine,
+            "reproducible": config.reproducible,
         }
+        if config.reproducible:
+            metrics["release_label"] = RESEARCH_RUN
         if mechanism.simulated:
             metrics.update(
                 tan_simulated=True,
@@ -200,19 +227,20 @@ def train(
                 tan_reference_noise_multiplier=mechanism.tan_reference_noise,
             )
 
-        if splits.validation is not None:
+        if splits.validation is not None and config.validation != "off":
             metrics.update(
-                _evaluate_split(
-                    "val",
-                    model,
-                    splits,
-                    splits.validation,
-                    splits.validation_groups,
-                    prepare,
+                release_validation(
+                    lambda: _evaluate_selected(
+                        model, splits, splits.validation, splits.validation_groups, prepare,
+                        config, ema,
+                    ),
                     config,
-                    ema,
+                    val_generator,
+                    public=splits.validation_public,
                 )  # fmt: skip
             )
+            val_releases += int(releases_validation)
+        metrics["val_releases"] = val_releases
         if done:
             metrics.update(
                 _evaluate_split(
@@ -220,8 +248,8 @@ def train(
                 )
             )
         log.info(
-            "epoch %d/%d: steps %d, ε %.3g, val acc %s%s",
-            epoch, mechanism.epochs, steps, metrics["epsilon"],
+            "epoch %d/%d: steps %d, trial ε ≤ %s, val acc %s%s",
+            epoch, mechanism.epochs, steps, accounting.show_epsilon(metrics["epsilon"]),
             _fmt(metrics.get("val_accuracy")),
             f", test acc {_fmt(metrics['test_accuracy'])}" if "test_accuracy" in metrics else "",
         )  # fmt: skip
@@ -236,6 +264,8 @@ def train(
                     "torch_rng": torch.get_rng_state(),
                     "augment_generator": augment_generator.get_state(),
                     "ema": None if ema is None else ema.state_dict(),
+                    "val_releases": val_releases,
+                    "val_generator": val_generator.get_state(),
                 }
             )
         report(metrics)
@@ -245,15 +275,35 @@ def train(
     return metrics
 
 
-def _evaluate_split(split, model, splits, dataset, groups, prepare, config, ema) -> dict:
-    """`split`-prefixed metrics: of the EMA weights when there is an EMA (and of the last
-    iterate too, suffixed `_raw`, on request), else of the model."""
+_COUNTS = ("correct", "label_correct", "examples")
+"""What `evaluate` returns for a noisy validation release, not reported as metrics."""
+
+
+def _evaluate_selected(model, splits, dataset, groups, prepare, config, ema) -> dict:
+    """`evaluate` of the model a search would select: the EMA weights when there is an EMA."""
 
     def run() -> dict:
         return evaluate(
             model, dataset, prepare, config, num_classes=splits.num_classes, groups=groups,
             group_names=splits.group_names,
         )  # fmt: skip
+
+    if ema is None:
+        return run()
+    with ema.swapped_in():
+        return run()
+
+
+def _evaluate_split(split, model, splits, dataset, groups, prepare, config, ema) -> dict:
+    """`split`-prefixed metrics of a public split: of the EMA weights when there is an EMA (and
+    of the last iterate too, suffixed `_raw`, on request), else of the model."""
+
+    def run() -> dict:
+        metrics = evaluate(
+            model, dataset, prepare, config, num_classes=splits.num_classes, groups=groups,
+            group_names=splits.group_names,
+        )  # fmt: skip
+        return {k: v for k, v in metrics.items() if k not in _COUNTS}
 
     if ema is None:
         return _prefixed(split, run())
@@ -324,30 +374,29 @@ class MechanismPlan:
 
 def planned_steps(config: TrainConfig, n_train: int) -> int:
     """T: the steps the trial will take (what a search reserves before it starts)."""
-    batch = config.tan_reference_batch or config.batch_size
-    return math.ceil(n_train / batch) * config.epochs
+    return _schedule(config, n_train).steps
+
+
+def _schedule(config: TrainConfig, n_train: int) -> accounting.DpSgdSchedule:
+    return accounting.dp_sgd_schedule(
+        n_train=n_train, batch_size=config.batch_size, epochs=config.epochs,
+        tan_reference_batch=config.tan_reference_batch,
+    )  # fmt: skip
 
 
 def plan_mechanism(config: TrainConfig, n_train: int) -> MechanismPlan:
     """q, T and σ of the trial: also what a search reserves in its ledger before it starts."""
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    # Opacus's Poisson loader samples each example with q = 1 / (batches per epoch); with
-    # B ∤ N that is slightly below B / N. We account for the q actually used.
-    sample_rate = 1.0 / steps_per_epoch
+    schedule = _schedule(config, n_train)
+    q, steps = schedule.sample_rate, schedule.steps
     if config.tan_reference_batch is None:
-        steps = planned_steps(config, n_train)
-        sigma = _noise_multiplier(config, sample_rate, steps) if config.private else 0.0
-        return MechanismPlan(sample_rate, steps_per_epoch, steps, config.epochs, sigma)
+        sigma = _noise_multiplier(config, q, steps) if config.private else 0.0
+        return MechanismPlan(q, schedule.steps_per_epoch, steps, schedule.epochs, sigma)
     # TAN (Sander et al. 2023): at a fixed number of steps S, what matters is σ/B. The
     # reference run (batch B0, `epochs` epochs) has S steps and the σ0 meeting the target;
     # the simulation runs S steps at batch B with σ = σ0·B/B0.
-    reference_batch = config.tan_reference_batch  # ≤ n_train: see check_fits_data
-    reference_per_epoch = math.ceil(n_train / reference_batch)
-    steps = planned_steps(config, n_train)
-    sigma0 = _noise_multiplier(config, 1.0 / reference_per_epoch, steps)
-    sigma = sigma0 * config.batch_size / reference_batch
-    epochs = math.ceil(steps / steps_per_epoch)
-    return MechanismPlan(sample_rate, steps_per_epoch, steps, epochs, sigma, True, sigma0)
+    sigma0 = _noise_multiplier(config, schedule.reference_sample_rate, steps)
+    sigma = sigma0 * config.batch_size / config.tan_reference_batch
+    return MechanismPlan(q, schedule.steps_per_epoch, steps, schedule.epochs, sigma, True, sigma0)
 
 
 class _ToDevice:
@@ -441,17 +490,16 @@ class _DpStep(_StepState):
     def __init__(self, *, model, optimizer, dataset, config, noise_multiplier, device) -> None:
         from opacus import PrivacyEngine
 
-        self.sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.sampling_generator = mechanism_generator(config, SAMPLING)
         loader = DataLoader(
             dataset, batch_size=config.batch_size, generator=self.sampling_generator
         )
         with warnings.catch_warnings():
-            # Seeded (reproducible) noise from torch's PRNG rather than a CSPRNG: said once here
-            # instead of Opacus's multi-line warning.
+            # Noise from torch's PRNG with a secret seed (trainers/randomness.py) rather than
+            # Opacus's secure_mode CSPRNG: said in docs/privacy.md instead of Opacus's warning.
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(secure_mode=False)
-        log.info("DP noise from torch's seeded PRNG (reproducible, not cryptographically secure)")
-        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self.noise_generator = mechanism_generator(config, NOISE, device)
         self.model, self.optimizer, self.loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -521,11 +569,11 @@ class _FastDpStep(_StepState):
         from opacus.data_loader import DPDataLoader
 
         self.model, self.optimizer = model, optimizer
-        self.sampling_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.sampling_generator = mechanism_generator(config, SAMPLING)
         self.loader = DPDataLoader.from_data_loader(
             DataLoader(dataset, batch_size=config.batch_size, generator=self.sampling_generator)
         )
-        self.noise_generator = torch.Generator(device=device).manual_seed(config.seed + 2)
+        self.noise_generator = mechanism_generator(config, NOISE, device)
         self.noise_multiplier = noise_multiplier
         self.max_grad_norm = config.max_grad_norm
         self.expected_batch_size = int(len(dataset) / len(self.loader))
@@ -698,6 +746,8 @@ def evaluate(
         "accuracy": float(correct.sum()) / n,
         "loss": loss_sum / n,
         "class_accuracy": per_class,
+        "correct": int(correct.sum()),
+        "examples": len(labels),
     }
     if groups is not None:
         size = torch.bincount(groups, minlength=len(group_names))
@@ -737,11 +787,14 @@ def _evaluate_multilabel(model, dataset, prepare, config, groups, group_names) -
     model.train()
     scores = torch.cat(scores) if scores else torch.zeros(0, labels.shape[1])
     per_label = [roc_auc(scores[:, k], labels[:, k]) for k in range(labels.shape[1])]
+    hits = (scores > 0).float() == labels
     metrics = {
         "auc": _mean(per_label),
         "label_auc": per_label,
-        "accuracy": float(((scores > 0).float() == labels).float().mean()) if len(labels) else 0.0,
+        "accuracy": float(hits.float().mean()) if len(labels) else 0.0,
         "loss": loss_sum / max(len(labels), 1),
+        "label_correct": [int(c) for c in hits.sum(dim=0)],
+        "examples": len(labels),
     }
     if groups is not None:
         metrics["group_auc"] = {
