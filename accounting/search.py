@@ -285,8 +285,8 @@ class ParallelCurve:
     """The RDP of a search whose trials read two disjoint parts of the private data set: the
     training part (DP-SGD steps) and the validation part (noisy validation scores).
 
-    ε of the whole search = ε of the pointwise maximum max(train(α), validation(α)), not of
-    their sum. Proof sketch (parallel composition, add/remove neighbours): each record goes to
+    ε of the whole search = max(ε(train), ε(validation)) at the same δ, not the ε of their
+    sum. Proof sketch (parallel composition, add/remove neighbours): each record goes to
     one part by a keyed hash of its own content (trainers/data.py), so adding or removing one
     record changes exactly one part and leaves the other identical. Treat the search as an
     adaptive sequence of mechanisms whose outputs are every noisy gradient (hence every
@@ -294,11 +294,14 @@ class ParallelCurve:
     each mechanism reads one part and the earlier outputs. If the neighbours differ in the
     training part, every validation mechanism has the same output distribution on both given
     the earlier outputs (same validation records, same model), so its Rényi divergence is 0 and
-    adaptive composition gives Σ train(α); symmetrically Σ validation(α) if they differ in the
-    validation part. A pair differs in one part only, so max(Σ train, Σ validation) bounds
-    every pair at every order α, and the usual RDP → (ε, δ) conversion applies to that maximum.
+    adaptive composition gives Σ train(α) (the privacy loss of the whole transcript is the
+    sum of the training mechanisms' losses alone); symmetrically Σ validation(α) if they
+    differ in the validation part. Every neighbouring pair is therefore (ε, δ)-indistinguishable
+    with ε = ε(Σ train) or ε(Σ validation), each converted from its own curve at δ, so
+    max(ε(train), ε(validation)) holds for all pairs. (The pointwise maximum of the curves,
+    `combined`, bounds every pair's RDP at every order too; converting it gives a looser ε.)
     With no validation releases the result equals plain composition (tests compare it with
-    dp_accounting's ComposedDpEvent); it is never larger than the sum of both parts.
+    dp_accounting's ComposedDpEvent); it is never larger than the ε of both parts composed.
     """
 
     train: RdpCurve
@@ -347,7 +350,8 @@ class ParallelCurve:
         )
 
     def epsilon(self, delta: float) -> float:
-        return self.combined.epsilon(delta)
+        """max(ε(train), ε(validation)) at `delta` (see the class docstring)."""
+        return max(self.train.epsilon(delta), self.validation.epsilon(delta))
 
     def within(self, bound: ParallelCurve) -> bool:
         """Whether this curve lies below `bound` at every order in both parts: the test of a

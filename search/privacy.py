@@ -21,6 +21,8 @@ import json
 import math
 import sys
 
+from dp_accounting import dp_event
+
 import accounting
 from accounting.ledger import PrivacyLedger
 from accounting.search import (
@@ -241,6 +243,12 @@ def _ledger(args) -> tuple[dict, list[str]]:
             [a.train for a in accounts.values()], mode=mode, delta=args.delta,
             accountant=args.accountant, distribution=distribution,
         )  # fmt: skip
+        validation = accounting.parallel_search_curve(
+            [accounting.ParallelCurve.of(dp_event.NoOpDpEvent(), a.validation)
+             for a in accounts.values()], mode=mode, distribution=distribution,
+        ).epsilon(args.delta)  # fmt: skip
+        if validation > search.epsilon:  # the noisy validation scores, in parallel
+            search = dataclasses.replace(search, epsilon=validation, accountant="rdp")
         source = "the flags given (no search.json beside the ledger)"
     counts: dict[str, int] = {}
     for account in accounts.values():

@@ -116,3 +116,27 @@ def test_epsilon_of_a_recorded_search(tmp_path):
     assert data["epsilon"] > expected_trial and data["num_trials"] == 2
     assert data["trial_status"] == {"completed": 1, "stopped": 1}
     assert "1 stopped" in result.stdout
+
+
+@pytest.mark.parametrize("mode", ["composition", "random-stopping"])
+def test_ledger_audit_reads_the_plan_and_equals_the_results_layer(tmp_path, mode):
+    """Before, `--ledger` took mode, δ and K's distribution from flags: on a random-stopping
+    search it printed 5.23 where the search cost 7.64. Now it reads the plan."""
+    import results
+
+    from .test_results import CHEAP_1, COSTLY, make_experiment
+
+    extra = {}
+    if mode == "random-stopping":
+        extra = {"trials_distribution": "geometric", "trials_mean": 3.0}
+    directory = make_experiment(tmp_path / "e", [CHEAP_1, COSTLY], mode=mode, searcher="random",
+                                **extra)  # fmt: skip
+    data = last_json(run("search/privacy.py", "--ledger", str(directory), "--json"))
+    expected = results.load_experiment(directory).search_epsilon()
+    assert data["epsilon"] == pytest.approx(expected.epsilon, rel=1e-12)
+    assert data["mode"] == mode and data["delta"] == 1e-5
+    assert data["spent_epsilon"] == pytest.approx(expected.spent, rel=1e-12)
+    for flags in (["--delta", "1e-6"], ["--search-accounting", "none"],
+                  ["--trials-distribution", "poisson", "--trials-mean", "3"]):  # fmt: skip
+        refused = run("search/privacy.py", "--ledger", str(directory), *flags)
+        assert_one_sentence_error(refused, "contradicts the experiment's plan")

@@ -37,16 +37,10 @@ def search(*args, timeout=420, **kwargs):
     )  # fmt: skip
 
 
-def ledger_epsilon(directory: Path, plan: dict) -> float:
-    events = accounting.executed_events(read_ledger(directory))
-    distribution = None
-    if plan["mode"] == "random-stopping":
-        distribution = accounting.TrialsDistribution(
-            kind=plan["trials_distribution"], mean=plan["trials_mean"], eta=plan["eta"]
-        )
-    return accounting.search_epsilon(
-        list(events.values()), mode=plan["mode"], delta=plan["delta"], distribution=distribution
-    ).epsilon
+def search_epsilon(directory: Path) -> accounting.SearchEpsilon:
+    """The search's ε from its plan and its ledger alone (`spent`: what the ledger shows)."""
+    plan = accounting.SearchPrivacyPlan.load(directory)
+    return plan.search_epsilon(accounting.reduce_ledger(read_ledger(directory)))
 
 
 def test_composition_search_with_budget_and_asha(tmp_path):
@@ -57,16 +51,19 @@ def test_composition_search_with_budget_and_asha(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     directory = tmp_path / "comp"
     assert_token_absent(result, directory)
-    plan = json.loads((directory / "search.json").read_text())
+    plan = json.loads((directory / "search.json").read_text())["privacy"]
     trials = pd.read_csv(directory / "trials.csv")
     records = read_ledger(directory)
     # The ledger covers every trial Tune ran, each with the planned σ.
     assert set(trials["trial_id"]) == {r.trial_id for r in records} and len(trials) == 4
     assert {r.noise_multiplier for r in records} == {plan["noise_multiplier"]}
     assert set(latest_status(records).values()) <= {"completed", "stopped"}
-    # The budget holds, recomputed from the ledger alone.
-    spent = ledger_epsilon(directory, plan)
-    assert 0 < spent <= 8.0
+    # Every trial released one noisy validation score per epoch it ran, in the ledger.
+    assert {r.val_noise_multiplier for r in records} == {20.0}
+    # The budget holds: the released ε is the plan's, the ledger's spending is below it.
+    release = search_epsilon(directory)
+    spent = release.spent
+    assert 0 < spent <= release.epsilon <= 8.0 and not release.exceeded
     assert "search ε = **" in result.stdout and "DP release" in result.stdout
     assert (directory / "pareto.csv").exists() and (directory / "optuna_journal.log").exists()
     assert list(directory.glob("dp_trial_*/events.out.tfevents.*"))  # TensorBoard logs kept
@@ -77,7 +74,8 @@ def test_composition_search_with_budget_and_asha(tmp_path):
     for name in ("pareto.tex", "results.json", "search_adjusted.csv", "frontier.png"):
         assert (directory / name).stat().st_size > 0, name
     adjusted = pd.read_csv(directory / "search_adjusted.csv")
-    assert adjusted["budget"].max() == accounting.round_up(spent, 3)
+    assert set(adjusted["budget"]) == {1, 2, 3, 4, 8}  # declared: the grid and ε = 3 per trial
+    assert adjusted["declared"].all()
     assert (adjusted["search_epsilon"] <= adjusted["budget"]).all()
 
 
@@ -90,11 +88,14 @@ def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     directory = tmp_path / "rs"
     plan = json.loads((directory / "search.json").read_text())
-    assert plan["searcher"] == "random" and plan["scheduler"] == "fifo"
-    k = plan["num_trials"]
-    assert f"K = {k} trials drawn from geometric" in result.stdout
+    assert plan["search"]["searcher"] == "random" and plan["search"]["scheduler"] == "fifo"
+    k = plan["privacy"]["num_trials"]
+    # K is secret: drawn from the OS's randomness, kept in search.json, never printed.
+    assert "K trials drawn secretly from geometric" in result.stdout
+    assert f"K = {k}" not in result.stdout
     assert len({r.trial_id for r in read_ledger(directory)}) == k
-    assert ledger_epsilon(directory, plan) <= 6.0
+    release = search_epsilon(directory)
+    assert release.spent <= release.epsilon <= 6.0
     assert "only the best one released" in (directory / "pareto.md").read_text()
 
 
@@ -159,12 +160,12 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
     from search.plan import SearchPlan
     from search.tuner import PrivacyMetricsCallback
 
-    plan = SearchPlan(
-        space="fmnist_quick", mode="composition", num_trials=2, trials_mean=None,
-        trials_distribution=None, eta=None, budget_epsilon=8.0, delta=1e-5,
-        noise_multiplier=1.0, worst_sample_rate=0.01, worst_steps=100, n_train=1000,
-        searcher="random", scheduler="fifo", seed=0,
+    privacy = accounting.SearchPrivacyPlan(
+        mode="composition", delta=1e-5, num_trials=2, budget_epsilon=8.0, noise_multiplier=1.0,
+        candidates=(accounting.Mechanism(sample_rate=0.01, noise_multiplier=1.0, steps=100),),
     )  # fmt: skip
+    plan = SearchPlan(space="fmnist_quick", privacy=privacy, n_train=1000, searcher="random",
+                      scheduler="fifo", seed=0)  # fmt: skip
     ledger = PrivacyLedger(tmp_path)
     for trial, status in (("a", "completed"), ("b", "running")):
         ledger.append(
@@ -178,9 +179,11 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
         values = callback.update()
     finally:
         ray.shutdown()
-    expected = ledger_epsilon(tmp_path, {"mode": "composition", "delta": 1e-5})
+    expected = accounting.epsilon(
+        accounting.dp_sgd_event(sample_rate=0.01, noise_multiplier=1.0, steps=200), delta=1e-5
+    )
     assert values["epsilon_spent"] == pytest.approx(expected)
-    assert values["budget_left"] == pytest.approx(8.0 - expected)
+    assert values["budget_left"] == pytest.approx(privacy.epsilon() - expected)
     assert values["best_val_score"] == 0.7 and values["trials_finished"] == 1
 
 
@@ -197,9 +200,12 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     trials = pd.read_csv(directory / "trials.csv")
     assert len(trials) == 4
     assert (trials["trial_epsilon"] <= trials["config/target_epsilon"] + 1e-9).all()
-    plan = json.loads((directory / "search.json").read_text())
+    plan = json.loads((directory / "search.json").read_text())["privacy"]
     assert plan["noise_multiplier"] is None  # no budget: σ per trial
-    assert ledger_epsilon(directory, plan) > trials["trial_epsilon"].max()
+    # The plan bounds the 12 mechanisms the space can run (4 ε targets × 3 epoch counts).
+    assert len(plan["candidates"]) == 12
+    release = search_epsilon(directory)
+    assert release.epsilon >= release.spent > trials["trial_epsilon"].max()
     import optuna
 
     storage = optuna.storages.JournalStorage(
@@ -213,21 +219,3 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     loaded = results.load_experiment(directory).trials
     assert sorted(loaded["optuna_number"]) == [0, 1, 2, 3]
     assert set(loaded["optuna_state"]) == {"complete"}
-
-
-def test_random_stopping_plan_bounds_every_candidate_the_space_could_draw():
-    from search.plan import SearchPlan
-
-    plan = SearchPlan(
-        space="fmnist_quick", mode="random-stopping", num_trials=2, trials_mean=3.0,
-        trials_distribution="geometric", eta=None, budget_epsilon=6.0, delta=1e-5,
-        noise_multiplier=1.5, worst_sample_rate=0.05, worst_steps=600, n_train=1000,
-        searcher="random", scheduler="fifo", seed=0,
-    )  # fmt: skip
-    # The two drawn trials were small; the space could have drawn the worst case.
-    drawn = [accounting.dp_sgd_event(sample_rate=0.02, noise_multiplier=1.5, steps=100)] * 2
-    worst = accounting.dp_sgd_event(sample_rate=0.05, noise_multiplier=1.5, steps=600)
-    expected = accounting.repeat_and_select_epsilon(
-        [worst], distribution=plan.distribution, delta=1e-5
-    )
-    assert plan.search_epsilon(drawn).epsilon == pytest.approx(expected, rel=1e-9)

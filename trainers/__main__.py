@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": final["steps"],
         "private": final["private"],
         "accountant": final["accountant"],
+        "val_releases": final["val_releases"],
+        "release_label": final.get("release_label"),
         "final": final,
         "history": history,
         "config": config.to_dict(),
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(σ={final['noise_multiplier']:.4g}, q={final['sample_rate']:.4g}, "
         f"{final['steps']} steps) → {path}"
     )
+    if final.get("release_label"):
+        print(final["release_label"])
     return 0
 
 
@@ -120,6 +124,10 @@ class _LedgerReport:
                 steps=metrics["steps"],
                 status="completed" if metrics["done"] else "running",
                 simulated=bool(metrics.get("tan_simulated", False)),
+                val_noise_multiplier=metrics["val_noise_multiplier"],
+                val_releases=metrics["val_releases"],
+                start_val_releases=metrics["start_val_releases"],
+                planned_val_releases=metrics["planned_val_releases"],
             )
         )
 

@@ -209,7 +209,6 @@ def train(
             "epoch": epoch,
             "steps": steps,
             "train_loss": train_loss / max(train_seen, 1),
-            **_mechanism(config, sample_rate, noise_multiplier, steps),
             **ledger_fields,
             "time_s": time.monotonic() - started,
             "done": done,
@@ -241,6 +240,9 @@ def train(
             )
             val_releases += int(releases_validation)
         metrics["val_releases"] = val_releases
+        metrics.update(
+            _mechanism(config, sample_rate, noise_multiplier, steps, val_releases, val_sigma)
+        )
         if done:
             metrics.update(
                 _evaluate_split(
@@ -436,14 +438,24 @@ def _noise_multiplier(config: TrainConfig, sample_rate: float, steps: int) -> fl
 
 
 def _mechanism(
-    config: TrainConfig, sample_rate: float, noise_multiplier: float, steps: int
+    config: TrainConfig, sample_rate: float, noise_multiplier: float, steps: int,
+    val_releases: int = 0, val_noise_multiplier: float = 0.0,
 ) -> dict[str, Any]:
-    """The executed mechanism and its ε so far (∞ for a non-private run)."""
+    """The executed mechanism and its ε so far (∞ for a non-private run): the training steps
+    and, in parallel, the noisy validation scores (accounting.ParallelCurve says why the
+    larger of the two ε covers both)."""
     if config.private:
         event = accounting.dp_sgd_event(
             sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps
         )
         epsilon = accounting.epsilon(event, delta=config.delta, accountant=config.accountant)
+        if val_releases:
+            releases = accounting.validation_event(
+                noise_multiplier=val_noise_multiplier, releases=val_releases
+            )
+            validation = accounting.epsilon(releases, delta=config.delta,
+                                            accountant=config.accountant)  # fmt: skip
+            epsilon = max(epsilon, validation)
     else:
         epsilon = math.inf
     return {
