@@ -60,12 +60,24 @@ class Mechanism:
     """σ_v of each validation release (units of its sensitivity); 0 when none is private."""
     val_releases: int = 0
     """Noisy validation scores the trial releases (one per epoch)."""
+    steps_per_epoch: int = 0
+    """Steps of one epoch: what a retry re-runs at most (the epoch its attempt died in)."""
 
-    def curve(self) -> ParallelCurve:
+    def curve(self, extra_epochs: int = 0) -> ParallelCurve:
+        """Its curve, with `extra_epochs` epochs re-run after crashes."""
+        releases = self.val_releases + (extra_epochs if self.val_releases else 0)
         return ParallelCurve.of(
-            trial_event([(self.sample_rate, self.noise_multiplier, self.steps)]),
+            trial_event([(self.sample_rate, self.noise_multiplier,
+                          self.steps + extra_epochs * self.steps_per_epoch)]),
+            validation_event(noise_multiplier=self.val_noise_multiplier, releases=releases),
+        )  # fmt: skip
+
+    def epoch_curve(self) -> ParallelCurve:
+        """The curve of one epoch of it (one re-run epoch after a crash)."""
+        return ParallelCurve.of(
+            trial_event([(self.sample_rate, self.noise_multiplier, self.steps_per_epoch)]),
             validation_event(noise_multiplier=self.val_noise_multiplier,
-                             releases=self.val_releases),
+                             releases=1 if self.val_releases else 0),
         )  # fmt: skip
 
 
@@ -101,6 +113,10 @@ class SearchPrivacyPlan:
     """The search-adjusted frontier's budgets, declared before the search."""
     reproducible: bool = False
     """Sampling and noise came from a known seed: a research run, NOT a DP release."""
+    retry_epochs: int = 0
+    """Room for epochs re-run after crashes (a retry resumes from its last checkpoint and
+    re-runs at most the epoch it died in): in all (composition) or per trial (random
+    stopping). 0: a crashed trial is retried only where other trials left room."""
     legacy: bool = field(default=False, compare=False)
     """Loaded from a search.json written before plans had candidates: ε comes from the ledger."""
 
@@ -128,14 +144,19 @@ class SearchPrivacyPlan:
         )
 
     def trial_bound(self) -> ParallelCurve:
-        """A curve above every trial the plan allows: the candidates' pointwise maximum."""
-        return parallel_search_curve([c.curve() for c in self.candidates], mode="none")
+        """A curve above every trial the plan allows: the candidates' pointwise maximum (in
+        random stopping, each with its retry room: the filter is per trial there)."""
+        extra = 0 if self.mode == "composition" else self.retry_epochs
+        return parallel_search_curve([c.curve(extra) for c in self.candidates], mode="none")
 
     def guarantee(self) -> ParallelCurve:
         """The curve the whole search stays under (data-independent)."""
         bound = self.trial_bound()
         if self.mode == "composition":
-            return bound * self.num_trials
+            epoch = parallel_search_curve([c.epoch_curve() for c in self.candidates],
+                                          mode="none")  # fmt: skip
+            total = bound * self.num_trials
+            return total + epoch * self.retry_epochs if self.retry_epochs else total
         return parallel_search_curve([bound], mode=self.mode, distribution=self.distribution)
 
     def epsilon(self) -> float:

@@ -89,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="also write the plot")
     parser.add_argument(
         "--budgets",
-        help="comma-separated ε budgets for the search-adjusted frontier (default: the trial-ε "
-        "levels present and each search's whole ε)",
+        help="comma-separated ε budgets for the search-adjusted frontier (default: those each "
+        "search declared before it ran, and its whole ε); budgets not declared are shown as "
+        "analyst-only rows: choosing them after seeing the results is not covered",
     )
     return parser
 

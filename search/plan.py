@@ -120,12 +120,15 @@ def make_plan(
     seed: int,
     budgets: tuple[float, ...] | None = None,
     reproducible: bool = False,
+    retry_epochs: int = 2,
 ) -> SearchPlan:
     """Validate the request and fix the plan (σ from the budget, K drawn for random stopping,
     the worst case of every trial, the validation noise, the frontier's budgets)."""
     space = spaces.get_space(space_name)
     if num_samples < 1:
         raise SearchError(f"--num-samples must be ≥ 1 (got {num_samples}).")
+    if retry_epochs < 0:
+        raise SearchError(f"--retry-epochs must be ≥ 0 (got {retry_epochs}).")
     if budget_epsilon is not None and not (0 < budget_epsilon < float("inf")):
         raise SearchError(
             f"--target-epsilon must be a positive finite number (got {budget_epsilon}); it is "
@@ -212,6 +215,7 @@ def make_plan(
             metric=metric,
             budgets=_declared_budgets(budgets, base.to_dict(), searched),
             reproducible=base.reproducible,
+            retry_epochs=retry_epochs,
         )
 
     val_sigma = base.val_noise_multiplier if releases_validation else 0.0
@@ -226,7 +230,7 @@ def make_plan(
             raise SearchError(
                 "--target-epsilon budgets a private search; drop --set private=false."
             )
-        worst_q, worst_t = _worst_mechanism(base.to_dict(), searched, n_train)
+        worst_q, worst_t, worst_epoch = _worst_mechanism(base.to_dict(), searched, n_train)
         releases = max(int(e) for e in _values("epochs", base.to_dict(), searched))
 
         def worst(sigma: float) -> accounting.Mechanism:
@@ -234,6 +238,7 @@ def make_plan(
                 sample_rate=worst_q, noise_multiplier=sigma, steps=worst_t,
                 val_noise_multiplier=val_sigma,
                 val_releases=releases if releases_validation else 0,
+                steps_per_epoch=worst_epoch,
             )  # fmt: skip
 
         validation_alone = privacy_plan([worst(1e9)]).epsilon()
@@ -317,6 +322,7 @@ def _candidates(base: dict, searched: dict, n_train: int, val_sigma: float,
                 steps=mechanism.steps,
                 val_noise_multiplier=val_sigma,
                 val_releases=mechanism.epochs if releases_validation else 0,
+                steps_per_epoch=mechanism.steps_per_epoch,
             )
         )
     return sorted(candidates, key=lambda m: (m.sample_rate, m.noise_multiplier, m.steps))
@@ -374,9 +380,10 @@ def _check_trials_can_run(base: dict, searched: dict, splits) -> None:
         plan_mechanism(make_config(costliest), len(splits.train))
 
 
-def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int]:
-    """The largest q and the largest T over every configuration the space can draw (for one
-    σ, the event of (largest q, largest T) dominates every other)."""
+def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, int, int]:
+    """The largest q, the largest T and the most steps in one epoch over every configuration
+    the space can draw (for one σ, (largest q, largest T) dominates every trial, and (largest
+    q, most steps per epoch) every re-run epoch)."""
     epochs = max(int(e) for e in _values("epochs", base, searched))
     references = [int(b) for b in _values("tan_reference_batch", base, searched) if b] or [None]
     schedules = [
@@ -386,4 +393,8 @@ def _worst_mechanism(base: dict, searched: dict, n_train: int) -> tuple[float, i
         for batch in _values("batch_size", base, searched)
         for reference in references
     ]
-    return max(s.sample_rate for s in schedules), max(s.steps for s in schedules)
+    return (
+        max(s.sample_rate for s in schedules),
+        max(s.steps for s in schedules),
+        max(s.steps_per_epoch for s in schedules),
+    )

@@ -134,7 +134,16 @@ def _parser() -> argparse.ArgumentParser:
         "--max-failures",
         type=int,
         default=2,
-        help="retries of a crashed trial, from its last checkpoint",
+        help="retries of a crashed trial, from its last checkpoint (each runs only if the "
+        "privacy plan has room: see --retry-epochs)",
+    )
+    resources.add_argument(
+        "--retry-epochs",
+        type=int,
+        default=2,
+        help="room the privacy plan keeps for epochs re-run after crashes or a resume (a "
+        "retry re-runs at most the epoch it died in): in all, or per trial with random "
+        "stopping; it is part of the released ε (default: 2; 0: no room)",
     )
     resources.add_argument("--address", help="join a running Ray cluster (e.g. auto)")
     resources.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
@@ -244,6 +253,7 @@ def _run(args) -> int:
             seed=args.seed,
             budgets=_budgets(args.budgets),
             reproducible=args.reproducible,
+            retry_epochs=args.retry_epochs,
         )
         if plan.fixed.get("device") == "cuda" and args.gpus_per_trial == 0:
             raise SearchError("--set device=cuda needs --gpus-per-trial above 0 (e.g. 1).")
@@ -379,6 +389,10 @@ def _describe(plan, experiment_dir: Path) -> None:
             f"bounds the {len(privacy.candidates)} mechanism(s) the space can run."
         )
     print(f"Validation: {privacy.describe_validation()}.")
+    if privacy.retry_epochs:
+        where = "per trial" if plan.mode == "random-stopping" else "in all"
+        print(f"Retries: room for {privacy.retry_epochs} epoch(s) re-run after crashes {where} "
+              "(--retry-epochs), included in the search ε.")  # fmt: skip
     print(
         f"Search ε (the DP release's, fixed now): {accounting.show_epsilon(privacy.epsilon())} "
         f"at δ = {plan.delta:g}; a trial or retry that would exceed it never starts."

@@ -233,3 +233,21 @@ def test_exact_validation_scores_cannot_be_recorded_as_private():
     with pytest.raises(accounting.LedgerError, match="without noise"):
         LedgerRecord(trial_id="t", attempt="a", sample_rate=0.1, noise_multiplier=1.0, steps=1,
                      val_releases=1)  # fmt: skip
+
+
+def test_retry_room_is_part_of_the_plan_and_admits_that_many_re_run_epochs():
+    worst = Mechanism(sample_rate=0.05, noise_multiplier=1.5, steps=60, val_noise_multiplier=20.0,
+                      val_releases=3, steps_per_epoch=20)  # fmt: skip
+    tight = plan(candidates=(worst,))
+    roomy = plan(candidates=(worst,), retry_epochs=1)
+    assert roomy.epsilon() > tight.epsilon()  # the room is paid for in the released ε
+    reserved = [record(f"t{i}", "a", 0) for i in range(4)]
+    killed = record("t0", "a", 40, releases=2)  # died in its 2nd epoch (claimed ahead)
+    retry = record("t0", "b", 20, start=20, releases=1, start_releases=1)  # resumes epoch 2
+    ledger = [*reserved, killed, retry]
+    assert not tight.admits(reduce_ledger(ledger, reserve=True))
+    assert roomy.admits(reduce_ledger(ledger, reserve=True))
+    # A second crash of the same epoch needs a second epoch of room.
+    again = record("t0", "c", 20, start=20, releases=1, start_releases=1)
+    died = record("t0", "b", 40, start=20, releases=2, start_releases=1)
+    assert not roomy.admits(reduce_ledger([*ledger, died, again], reserve=True))
