@@ -24,6 +24,7 @@ import numpy as np
 
 from accounting.ledger import TrialAccount
 from accounting.mechanism import AccountingError, round_up, validation_event
+from accounting.search import _COVERS as _EXECUTED_COVERS
 from accounting.search import (
     SEARCH_MODES,
     ParallelCurve,
@@ -41,12 +42,9 @@ DEFAULT_BUDGETS = (1.0, 2.0, 4.0, 8.0)
 """The search-adjusted frontier's budgets when the user declares none (plus the space's own
 per-trial ε levels): fixed before any result exists, so they cannot leak one."""
 
-_COVERS = {
-    "composition": "the whole search: every trial it may run, composed",
-    "random-stopping": "the whole search: K random trials (Papernot & Steinke 2022), only the "
-    "best one released",
-    "none": "ONE trial only, NOT the search: analysis only, not a releasable guarantee",
-}
+# What a plan's ε covers: as accounting.search says, except that composition covers every
+# trial the plan allows (not only those that ran).
+_COVERS = {**_EXECUTED_COVERS, "composition": "the whole search: every trial it may run, composed"}
 
 
 @dataclass(frozen=True, kw_only=True)

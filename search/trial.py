@@ -161,15 +161,23 @@ def _reserve(ledger, trial_id, attempt, config, plan, state) -> bool:
 
 
 def _for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     import ray
+
+    return {
+        **tune_metrics(metrics),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+    }
+
+
+def tune_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A trainer report as Tune receives it (what Tune, Optuna, ASHA and the release choice
+    can see): lists and dicts as JSON strings, ε finite or ∞."""
+    import json
 
     clean = {k: v for k, v in metrics.items() if k not in RESULT_KEYS_DROPPED}
     for key in RESULT_KEYS_DROPPED:
         if key in metrics:
             clean[key] = json.dumps(metrics[key])
     clean["epsilon"] = metrics["epsilon"] if math.isfinite(metrics["epsilon"]) else float("inf")
-    clean["node_id"] = ray.get_runtime_context().get_node_id()
-    clean["pid"] = os.getpid()
     return clean

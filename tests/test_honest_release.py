@@ -63,12 +63,12 @@ def test_validation_scores_are_gaussian_noised_counts_with_the_stated_sensitivit
 def test_tune_optuna_and_the_release_see_only_noisy_scores():
     """What a trial reports (to Tune, hence Optuna, ASHA and the release choice) holds one
     noisy validation score and no exact figure of the validation records."""
-    from search.trial import _for_tune
+    from search.trial import tune_metrics
 
     reports = []
     train(make_config(tiny(epochs=2, val_noise_multiplier=1e6)), reports.append)
     for report in reports:
-        tune = _for_tune(report)
+        tune = tune_metrics(report)
         validation = {k for k in tune if k.startswith("val_")}
         assert validation == {"val_accuracy", "val_dp", "val_examples", "val_releases",
                               "val_noise_multiplier"}  # fmt: skip

@@ -41,7 +41,8 @@ def release_validation(evaluate_model, config: TrainConfig, generator: torch.Gen
     """
     exact = evaluate_model()
     if public:
-        return {f"val_{key}": value for key, value in exact.items()} | {"val_public": True}
+        kept = {k: v for k, v in exact.items() if k not in ("correct", "label_correct")}
+        return {f"val_{key}": value for key, value in kept.items()} | {"val_public": True}
     sigma = config.val_noise_multiplier
     n = exact["examples"]
     if "label_correct" in exact:
