@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+from scipy import optimize
 
 from accounting.mechanism import (
     AccountingError,
@@ -242,6 +243,19 @@ class RdpCurve:
 
     @classmethod
     def of(cls, event: dp_event.DpEvent) -> RdpCurve:
+        # Composition adds curves and self-composition multiplies them, exactly as
+        # RdpAccountant does internally (`_rdp += count * rdp`): computing the inner event once
+        # lets every step count of one (q, σ) share it (a search's partial trials, candidates).
+        if isinstance(event, dp_event.NoOpDpEvent):
+            return cls.zero()
+        if isinstance(event, dp_event.SelfComposedDpEvent):
+            inner = cls.of(event.event)
+            return cls(inner.orders, event.count * inner.values)
+        if isinstance(event, dp_event.ComposedDpEvent):
+            total = cls.zero()
+            for part in event.events:
+                total = total + cls.of(part)
+            return total
         key = repr(event)  # events are immutable; their repr spells out every parameter
         if key not in _CURVE_CACHE:
             accountant = rdp_lib.RdpAccountant()
@@ -428,14 +442,14 @@ def calibrate_curve(
             f"target_epsilon must be a positive finite number (got {target_epsilon!r})."
         )
 
-    def fits(sigma: float) -> bool:
-        return make_curve(sigma).epsilon(delta) <= target_epsilon
+    def excess(sigma: float) -> float:
+        return make_curve(sigma).epsilon(delta) - target_epsilon
 
     lowest = 0.1  # as calibrate_noise: below 0.1 there is no privacy worth the name
-    if fits(lowest):
+    if excess(lowest) <= 0:
         return lowest
     upper = 1.0
-    while not fits(upper):
+    while excess(upper) > 0:
         upper *= 2.0
         if upper > 1e6:
             raise AccountingError(
@@ -443,9 +457,16 @@ def calibrate_curve(
                 "raise the ε budget, or lower the batch size, steps or number of trials."
             )
     lower = max(lowest, upper / 2.0)
-    while (upper - lower) > 1e-6 * upper:
-        middle = (lower + upper) / 2.0
-        lower, upper = (lower, middle) if fits(middle) else (middle, upper)
+    if excess(lower) > 0:
+        # ε falls as σ grows: the root lies in (lower, upper]; Brent's method on log σ needs
+        # ~10 evaluations where bisection to the same precision needs ~25.
+        root = optimize.brentq(lambda log_s: excess(math.exp(log_s)), math.log(lower),
+                               math.log(upper), xtol=1e-7, rtol=1e-9)  # fmt: skip
+        upper = math.exp(root)
+    else:
+        upper = lower
+    while excess(upper) > 0:  # the root's float may sit a hair on the wrong side
+        upper *= 1.0 + 1e-7
     return upper
 
 

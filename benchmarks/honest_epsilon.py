@@ -9,7 +9,8 @@ For each search (run with `search/run.py`, embedded local Ray, CPU):
 - what the ledger shows was spent (analyst-only), the released model's noisy validation
   accuracy and its test accuracy, wall time.
 
-    python benchmarks/honest_epsilon.py [--json FILE] [--quick-samples 8] [--frontier-samples 12]
+    python benchmarks/honest_epsilon.py [--json FILE] [--keep DIR] [--quick-samples 8]
+        [--frontier-samples 12]
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--quick-samples", type=int, default=8)
     parser.add_argument("--frontier-samples", type=int, default=12)
+    parser.add_argument("--keep", type=Path, help="keep the experiment directories here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        storage = Path(directory)
+        storage = args.keep or Path(directory)
+        storage.mkdir(parents=True, exist_ok=True)
         runs = [
             run_search(storage, "quick", "fmnist_quick", args.quick_samples),
             run_search(storage, "frontier", "fmnist_frontier", args.frontier_samples),
