@@ -97,8 +97,8 @@ class SearchPlan:
             search = json.loads(path.read_text())["search"]
             return cls(privacy=privacy, **search)
         except accounting.AccountingError as error:
-            raise SearchError(str(error).replace("pass the folder", "check --storage-path and "
-                                                  "--name; pass the folder")) from None
+            sentence = str(error).rstrip(".")
+            raise SearchError(f"{sentence}; check --storage-path and --name.") from None
         except (KeyError, ValueError, TypeError) as error:
             raise SearchError(
                 f"{path} is damaged or from an older version ({error}); it cannot be resumed."
