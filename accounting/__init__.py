@@ -1,10 +1,12 @@
 """Privacy accounting: DP-SGD mechanisms as dp_accounting events, ε of a trial and of a whole
-search, σ calibration and budget planning, and the durable privacy ledger.
+search, σ calibration and budget planning, the durable privacy ledger, and the one way the
+project writes a file (`durable.atomic_file`: whole or not at all).
 
 This package sits below `trainers`, `search` and `results` (all of them need ε) and depends
 only on dp_accounting: trainers record what they executed, this package turns it into ε.
 """
 
+from accounting.durable import atomic_file, write_atomically
 from accounting.ledger import (
     LEDGER_FILENAME,
     LedgerError,
@@ -12,6 +14,7 @@ from accounting.ledger import (
     PrivacyLedger,
     TrialAccount,
     executed_events,
+    latest_status,
     read_ledger,
     reduce_ledger,
 )
@@ -35,7 +38,7 @@ from accounting.plan import (
     SearchPrivacyPlan,
     show_epsilon,
 )
-from accounting.search import (
+from accounting.selection import (
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
     ParallelCurve,
@@ -72,6 +75,7 @@ __all__ = [
     "SearchPrivacyPlan",
     "TrialAccount",
     "TrialsDistribution",
+    "atomic_file",
     "calibrate_curve",
     "calibrate_noise",
     "calibrate_noise_multiplier",
@@ -79,6 +83,7 @@ __all__ = [
     "dp_sgd_schedule",
     "epsilon",
     "executed_events",
+    "latest_status",
     "max_trials",
     "parallel_search_curve",
     "plan_noise_multiplier",
@@ -91,4 +96,5 @@ __all__ = [
     "show_epsilon",
     "trial_event",
     "validation_event",
+    "write_atomically",
 ]

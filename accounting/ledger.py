@@ -23,7 +23,7 @@ from pathlib import Path
 from dp_accounting import dp_event
 
 from accounting.mechanism import AccountingError, validation_event
-from accounting.search import ParallelCurve, trial_event
+from accounting.selection import ParallelCurve, trial_event
 
 log = logging.getLogger(__name__)
 

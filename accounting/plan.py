@@ -24,8 +24,8 @@ import numpy as np
 
 from accounting.ledger import TrialAccount
 from accounting.mechanism import AccountingError, round_up, validation_event
-from accounting.search import _COVERS as _EXECUTED_COVERS
-from accounting.search import (
+from accounting.selection import (
+    SEARCH_COVERS,
     SEARCH_MODES,
     ParallelCurve,
     SearchEpsilon,
@@ -42,9 +42,9 @@ DEFAULT_BUDGETS = (1.0, 2.0, 4.0, 8.0)
 """The search-adjusted frontier's budgets when the user declares none (plus the space's own
 per-trial ε levels): fixed before any result exists, so they cannot leak one."""
 
-# What a plan's ε covers: as accounting.search says, except that composition covers every
+# What a plan's ε covers: as accounting.selection says, except that composition covers every
 # trial the plan allows (not only those that ran).
-_COVERS = {**_EXECUTED_COVERS, "composition": "the whole search: every trial it may run, composed"}
+_COVERS = {**SEARCH_COVERS, "composition": "the whole search: every trial it may run, composed"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +84,7 @@ class SearchPrivacyPlan:
     """Everything the search's privacy depends on, decided before the first trial."""
 
     mode: str
-    """composition, random-stopping, or none (see accounting.search)."""
+    """composition, random-stopping, or none (see accounting.selection)."""
     delta: float
     num_trials: int
     """Trials to run; for random stopping the K the system drew secretly (never released)."""

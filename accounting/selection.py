@@ -19,9 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from dp_accounting import dp_event
-from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+from dp_accounting.rdp import RdpAccountant, compute_epsilon
 from scipy import optimize
 
+from accounting.dp_accounting_internals import (
+    repeat_and_select_rdp,
+    truncated_negative_binomial_gamma,
+)
 from accounting.mechanism import (
     AccountingError,
     _check_accountant,
@@ -35,12 +39,13 @@ from accounting.mechanism import (
 SEARCH_MODES = ("composition", "random-stopping", "none")
 TRIAL_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "negative-binomial")
 
-_COVERS = {
+SEARCH_COVERS = {
     "composition": "the whole search: every trial's executed steps, composed",
     "random-stopping": "the whole search: K random trials (Papernot & Steinke 2022), only the "
     "best one released",
     "none": "ONE trial only, NOT the search: analysis only, not a releasable guarantee",
 }
+"""What a `SearchEpsilon` of each mode covers, for its `covers` sentence."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +85,7 @@ class TrialsDistribution:
         """Draw K. Poisson may give 0 (then nothing is released, at no privacy cost)."""
         if self.kind == "poisson":
             return int(rng.poisson(self.mean))
-        gamma = rdp_lib._gamma_truncated_negative_binomial(self.shape, self.mean)
+        gamma = truncated_negative_binomial_gamma(shape=self.shape, mean=self.mean)
         if self.kind == "logarithmic":
             return int(rng.logseries(1.0 - gamma)) if gamma < 1 else 1
         # Truncated negative binomial: NB(η, γ) conditioned on K ≥ 1 (rejection is exact).
@@ -193,7 +198,7 @@ def search_epsilon(
         accountant=accountant,
         num_trials=len(trials),
         max_trial_epsilon=max_trial,
-        covers=_COVERS[mode]
+        covers=SEARCH_COVERS[mode]
         + (f"; K ~ {distribution.describe()}" if mode == "random-stopping" else ""),
     )
 
@@ -258,21 +263,20 @@ class RdpCurve:
             return total
         key = repr(event)  # events are immutable; their repr spells out every parameter
         if key not in _CURVE_CACHE:
-            accountant = rdp_lib.RdpAccountant()
+            accountant = RdpAccountant()
             with _quiet_dp_accounting():
                 accountant.compose(event)
-            # NOTE: RdpAccountant keeps its curve private; these two attributes are its state.
             if len(_CURVE_CACHE) > 20_000:
                 _CURVE_CACHE.clear()
             _CURVE_CACHE[key] = cls(
-                np.array(accountant._orders, dtype=np.float64),
-                np.array(accountant._rdp, dtype=np.float64),
+                np.array(accountant.orders, dtype=np.float64),
+                np.array(accountant.rdp, dtype=np.float64),
             )
         return _CURVE_CACHE[key]
 
     @classmethod
     def zero(cls) -> RdpCurve:
-        orders = np.asarray(rdp_lib.RdpAccountant()._orders, dtype=np.float64)
+        orders = np.asarray(RdpAccountant().orders, dtype=np.float64)
         return cls(orders, np.zeros_like(orders))
 
     def __add__(self, other: RdpCurve) -> RdpCurve:
@@ -287,7 +291,7 @@ class RdpCurve:
         if not np.any(self.values):
             return 0.0
         with _quiet_dp_accounting():
-            value, _ = rdp_lib.compute_epsilon(self.orders, self.values, delta)
+            value, _ = compute_epsilon(self.orders, self.values, delta)
         return float(value)
 
 
@@ -312,8 +316,9 @@ class ParallelCurve:
     sum of the training mechanisms' losses alone); symmetrically Σ validation(α) if they
     differ in the validation part. Every neighbouring pair is therefore (ε, δ)-indistinguishable
     with ε = ε(Σ train) or ε(Σ validation), each converted from its own curve at δ, so
-    max(ε(train), ε(validation)) holds for all pairs. (The pointwise maximum of the curves,
-    `combined`, bounds every pair's RDP at every order too; converting it gives a looser ε.)
+    max(ε(train), ε(validation)) holds for all pairs. (The pointwise maximum of the two curves,
+    max(train(α), validation(α)), bounds every pair's RDP at every order too; converting it
+    gives a looser ε.)
     With no validation releases the result equals plain composition (tests compare it with
     dp_accounting's ComposedDpEvent); it is never larger than the ε of both parts composed.
     """
@@ -354,13 +359,6 @@ class ParallelCurve:
                 self.validation.orders,
                 np.maximum(self.validation.values, other.validation.values),
             ),
-        )
-
-    @property
-    def combined(self) -> RdpCurve:
-        """max(train(α), validation(α)): the RDP of the search (see the class docstring)."""
-        return RdpCurve(
-            self.train.orders, np.maximum(self.train.values, self.validation.values)
         )
 
     def epsilon(self, delta: float) -> float:
@@ -420,11 +418,10 @@ def parallel_search_curve(
 def _repeat_and_select(curve: RdpCurve, distribution: TrialsDistribution) -> RdpCurve:
     if not curve.values.any():
         return curve
-    with _quiet_dp_accounting():
-        selected = rdp_lib._compute_rdp_repeat_and_select(
-            curve.orders, curve.values, distribution.mean, distribution.shape
-        )
-    return RdpCurve(curve.orders, np.asarray(selected, dtype=np.float64))
+    selected = repeat_and_select_rdp(
+        curve.orders, curve.values, mean=distribution.mean, shape=distribution.shape
+    )
+    return RdpCurve(curve.orders, selected)
 
 
 def calibrate_curve(
@@ -479,11 +476,8 @@ def repeat_and_select_curve(
     if not live:
         return RdpCurve.zero()
     orders, rdp = _pointwise_max_rdp(live)
-    with _quiet_dp_accounting():
-        selected = rdp_lib._compute_rdp_repeat_and_select(
-            orders, rdp, distribution.mean, distribution.shape
-        )
-    return RdpCurve(orders, np.asarray(selected, dtype=np.float64))
+    selected = repeat_and_select_rdp(orders, rdp, mean=distribution.mean, shape=distribution.shape)
+    return RdpCurve(orders, selected)
 
 
 # --- planning -------------------------------------------------------------------------------
