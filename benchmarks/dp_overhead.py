@@ -1,7 +1,7 @@
 """DP-SGD step time over a non-private step: the project's fast clipping vs Opacus as it ships.
 
 In one process and one run, on the same model, batch and data: a non-private SGD step, the
-project's DP step (trainers.fast_clip, what the trainer uses by default where it applies), and
+project's DP step (trainers.fast_clipping, what the trainer uses by default where it applies), and
 Opacus's stock engines (per-example gradients by hooks, by functorch, and its ghost clipping).
 Each is timed after warm-up steps, as the median of several steps (forward, backward, clip,
 noise, optimizer step).
@@ -27,12 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainers import make_config
-from trainers.fast_clip import (
-    KERNEL_TRIALS,
-    FastClipper,
-    forward_with_input_grad,
-    noise_and_average,
-)
+from trainers.fast_clipping import FastClipper, forward_with_input_grad, noise_and_average
 from trainers.models import build_model
 
 MODELS = {
@@ -129,8 +124,6 @@ def main() -> None:
         y = torch.randint(0, 10, (batch,))
         nonprivate = _timed(_nonprivate(copy.deepcopy(base), x, y), args.warmup, args.steps)
         print(f"{name} (batch {batch}, {size}×{size}): non-private step {nonprivate:.3f} s")
-        # The fast engine picks each layer's faster per-example kernel over its first
-        # 2·KERNEL_TRIALS steps: warm up past them (a trial runs hundreds of steps).
         modes = [("fast (this project)", lambda m, x=x, y=y: _fast(m, x, y), args.steps)]
         slow = args.opacus_steps or args.steps
         modes += [
@@ -139,7 +132,7 @@ def main() -> None:
         ]
         for label, make, steps in modes:
             try:
-                warmup = args.warmup + 2 * KERNEL_TRIALS if label.startswith("fast") else 1
+                warmup = args.warmup if label.startswith("fast") else 1
                 dp = _timed(make(copy.deepcopy(base)), warmup, steps)
             except Exception as error:  # noqa: BLE001 - an engine that cannot run is a result
                 print(f"  {label}: cannot run ({type(error).__name__}: {str(error)[:120]})")

@@ -1,26 +1,34 @@
-"""One DP-SGD trial: `train(config, report)`, a plain loop that runs with or without Ray."""
+"""The trainer: one DP-SGD trial, `train(config, report)`, a plain loop that runs with or
+without Ray. It owns the trial's data splits, model, clipping engines, validation release and
+checkpoints, records the mechanism it executes (q, σ, T, validation releases) and asks
+`accounting` for ε; it does no privacy math itself.
+"""
 
-from trainers.config import TrainConfig, TrainerError, make_config, parse_overrides
-from trainers.loop import (
-    MechanismPlan,
-    Report,
-    check_runnable,
-    evaluate,
-    plan_mechanism,
-    planned_steps,
-    train,
+from trainers.checks import check_runnable
+from trainers.config import (
+    TrainConfig,
+    TrainerError,
+    make_config,
+    parse_overrides,
+    writable_directory,
 )
+from trainers.data import load_splits
+from trainers.evaluation import evaluate
+from trainers.loop import MetricsCallback, train
+from trainers.mechanism import MechanismPlan, plan_mechanism, planned_steps
 
 __all__ = [
     "MechanismPlan",
-    "Report",
+    "MetricsCallback",
     "TrainConfig",
     "TrainerError",
     "check_runnable",
     "evaluate",
+    "load_splits",
     "make_config",
     "parse_overrides",
     "plan_mechanism",
     "planned_steps",
     "train",
+    "writable_directory",
 ]

@@ -6,9 +6,7 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = spaces.get_space(args.space)
         out_dir = writable_directory(args.out, "--out")
-        base = smoke_config(space.name, out_dir) if args.smoke else space.default_config()
+        base = smoke_config(space, out_dir) if args.smoke else space.default_config()
         config = make_config({**base, **parse_overrides(args.overrides)})
         history: list[dict[str, Any]] = []
         ledger_report = _LedgerReport(out_dir, history)
@@ -133,7 +131,7 @@ class _LedgerReport:
 
 
 def _write_json_atomically(path: Path, data: dict) -> Path:
-    """Write via a temporary file and rename, so an existing file is never left half-written."""
+    """JSON with ∞ written as null, replacing `path` whole or not at all."""
 
     def clean(value):  # JSON has no ∞: write it as null, the "private" flag says why
         if isinstance(value, float) and not math.isfinite(value):
@@ -144,12 +142,7 @@ def _write_json_atomically(path: Path, data: dict) -> Path:
             return [clean(v) for v in value]
         return value
 
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump(clean(data), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-    return path
+    return accounting.write_atomically(path, json.dumps(clean(data), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The configuration of one trial: a frozen, keyword-only dataclass, and parsing of `--set`."""
+"""The configuration of one trial: a frozen, keyword-only dataclass, and parsing of `--set`.
+
+Over 400 lines on purpose: `TrainConfig` is the one list of every setting a trial reads, each
+field with the line of documentation `help(trainers.TrainConfig)` shows, beside the checks that
+refuse a bad value; splitting the fields from their checks would put one concept in two files.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,6 @@ class TrainerError(ValueError):
     """
 
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "chexpert", "synthetic")
 GROUP_ATTRIBUTES = ("sex", "age", "race")
 OPTIMIZERS = ("sgd", "adam")
 TRAINABLE_LAYERS = ("all", "head", "last_k_blocks", "norms_and_head", "bias_and_head")
@@ -37,8 +41,8 @@ class TrainConfig:
 
     # --- data ---
     dataset: str = "fashion_mnist"
-    """One of fashion_mnist, cifar10, cifar100, chexpert (multi-label; local directory),
-    synthetic."""
+    """A data set registered in trainers/datasets.py: fashion_mnist, cifar10, cifar100, chexpert
+    (multi-label; local directory), synthetic."""
     data_dir: str | None = None
     """Where the data set lies; None: the standard places (see README, "Data and weights")."""
     download: bool = False
@@ -81,7 +85,8 @@ class TrainConfig:
 
     # --- model ---
     model: str = "tramer_boneh_cnn"
-    """A built-in model (tramer_boneh_cnn, tramer_boneh_cifar_cnn) or any timm model name."""
+    """A model registered in trainers/models.py (tramer_boneh_cnn, tramer_boneh_cifar_cnn,
+    wrn_16_4, …) or any timm model name."""
     pretrained: bool = False
     """timm models: start from pretrained (ImageNet) weights."""
     pretrained_file: str | None = None
@@ -137,7 +142,7 @@ class TrainConfig:
     The trial still spends what it ran (accounted, labelled simulated)."""
 
     clipping: str = "auto"
-    """Per-example clipping engine: fast (trainers.fast_clip: per-example norms without
+    """Per-example clipping engine: fast (trainers.fast_clipping: per-example norms without
     per-example gradients), opacus (its per-example gradients), or auto (fast wherever it
     supports every trainable layer, else opacus with a log line)."""
 
@@ -184,121 +189,141 @@ class TrainConfig:
 
 
 def _validate(c: TrainConfig) -> None:
-    def need(ok: bool, sentence: str) -> None:
-        if not ok:
-            raise TrainerError(sentence)
+    _validate_choices_and_data(c)
+    _validate_training(c)
+    _validate_privacy_and_run(c)
 
-    need(
+
+def _need(ok: bool, sentence: str) -> None:
+    if not ok:
+        raise TrainerError(sentence)
+
+
+def _validate_choices_and_data(c: TrainConfig) -> None:
+    # NOTE: imported here, not at the top: the data sets' loaders import this module.
+    from trainers.datasets import DATASETS
+
+    _need(
         c.dataset in DATASETS,
         f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}.",
     )
-    need(
+    _need(
         c.optimizer in OPTIMIZERS,
         f"unknown optimizer {c.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}.",
     )
-    need(c.accountant in ("rdp", "pld"), f"unknown accountant {c.accountant!r}; choose rdp or pld.")
-    need(
+    _need(
+        c.accountant in ("rdp", "pld"), f"unknown accountant {c.accountant!r}; choose rdp or pld."
+    )
+    _need(
         c.validation in VALIDATION_MODES,
         f"unknown validation {c.validation!r}; choose one of: {', '.join(VALIDATION_MODES)}.",
     )
-    need(
+    _need(
         0.0 <= c.validation_fraction < 1.0,
         f"validation_fraction must lie in [0, 1) (got {c.validation_fraction}); 0.1 is usual.",
     )
-    need(
+    _need(
         0.0 < c.train_fraction <= 1.0,
         f"train_fraction must lie in (0, 1] (got {c.train_fraction}).",
     )
-    need(
+    _need(
         c.val_noise_multiplier > 0 and math.isfinite(c.val_noise_multiplier),
         f"val_noise_multiplier must be a positive number (got {c.val_noise_multiplier}).",
     )
-    need(c.synthetic_examples >= 2, f"synthetic_examples must be ≥ 2 (got {c.synthetic_examples}).")
-    need(
+    _need(
+        c.synthetic_examples >= 2, f"synthetic_examples must be ≥ 2 (got {c.synthetic_examples})."
+    )
+    _need(
         c.synthetic_image_size >= 8,
         f"synthetic_image_size must be ≥ 8 (got {c.synthetic_image_size}).",
     )
-    need(
+    _need(
         c.synthetic_channels in (1, 3),
         f"synthetic_channels must be 1 or 3 (got {c.synthetic_channels}).",
     )
-    need(c.synthetic_classes >= 2, f"synthetic_classes must be ≥ 2 (got {c.synthetic_classes}).")
-    need(
+    _need(c.synthetic_classes >= 2, f"synthetic_classes must be ≥ 2 (got {c.synthetic_classes}).")
+    _need(
         c.group_attribute in GROUP_ATTRIBUTES,
         f"unknown group_attribute {c.group_attribute!r}; choose one of: "
         f"{', '.join(GROUP_ATTRIBUTES)}.",
     )
-    need(
+    _need(
         c.uncertain_label in ("ones", "zeros"),
         f"uncertain_label must be ones or zeros (got {c.uncertain_label!r}).",
     )
-    need(c.synthetic_groups >= 0, f"synthetic_groups must be ≥ 0 (got {c.synthetic_groups}).")
-    need(
+    _need(c.synthetic_groups >= 0, f"synthetic_groups must be ≥ 0 (got {c.synthetic_groups}).")
+    _need(
         c.image_size is None or c.image_size >= 8,
         f"image_size must be ≥ 8 or unset (got {c.image_size}).",
     )
-    need(
+
+
+def _validate_training(c: TrainConfig) -> None:
+    _need(
         c.learning_rate > 0 and math.isfinite(c.learning_rate),
         f"learning_rate must be a positive number (got {c.learning_rate}).",
     )
-    need(c.momentum >= 0 and c.momentum < 1, f"momentum must lie in [0, 1) (got {c.momentum}).")
-    need(c.weight_decay >= 0, f"weight_decay must be ≥ 0 (got {c.weight_decay}).")
-    need(c.batch_size >= 1, f"batch_size must be ≥ 1 (got {c.batch_size}).")
-    need(
+    _need(c.momentum >= 0 and c.momentum < 1, f"momentum must lie in [0, 1) (got {c.momentum}).")
+    _need(c.weight_decay >= 0, f"weight_decay must be ≥ 0 (got {c.weight_decay}).")
+    _need(c.batch_size >= 1, f"batch_size must be ≥ 1 (got {c.batch_size}).")
+    _need(
         c.max_physical_batch_size >= 1,
         f"max_physical_batch_size must be ≥ 1 (got {c.max_physical_batch_size}).",
     )
-    need(c.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1 (got {c.eval_batch_size}).")
-    need(c.epochs >= 1, f"epochs must be ≥ 1 (got {c.epochs}).")
-    need(c.augmult >= 0, f"augmult must be 0 (off) or a number of views ≥ 1 (got {c.augmult}).")
-    need(
+    _need(c.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1 (got {c.eval_batch_size}).")
+    _need(c.epochs >= 1, f"epochs must be ≥ 1 (got {c.epochs}).")
+    _need(c.augmult >= 0, f"augmult must be 0 (off) or a number of views ≥ 1 (got {c.augmult}).")
+    _need(
         0.0 <= c.ema_decay < 1.0,
         f"ema_decay must lie in [0, 1): 0 is off, 0.999 typical (got {c.ema_decay}).",
     )
-    need(
+    _need(
         c.trainable_layers in TRAINABLE_LAYERS,
         f"unknown trainable_layers {c.trainable_layers!r}; choose one of: "
         f"{', '.join(TRAINABLE_LAYERS)}.",
     )
-    need(c.trainable_blocks >= 1, f"trainable_blocks must be ≥ 1 (got {c.trainable_blocks}).")
-    need(
+    _need(c.trainable_blocks >= 1, f"trainable_blocks must be ≥ 1 (got {c.trainable_blocks}).")
+    _need(
         c.head_init in HEAD_INITS,
         f"unknown head_init {c.head_init!r}; choose one of: {', '.join(HEAD_INITS)}.",
     )
-    need(
+    _need(
         c.clipping in CLIPPING_ENGINES,
         f"unknown clipping {c.clipping!r}; choose one of: {', '.join(CLIPPING_ENGINES)}.",
     )
-    need(
+    _need(
         c.tan_reference_batch is None or c.tan_reference_batch >= 1,
         f"tan_reference_batch must be ≥ 1 or unset (got {c.tan_reference_batch}).",
     )
-    need(
+    _need(
         c.tan_reference_batch is None or c.private,
         "tan_reference_batch simulates a private run; drop it or set private=true.",
     )
-    need(
+
+
+def _validate_privacy_and_run(c: TrainConfig) -> None:
+    _need(
         c.max_grad_norm > 0 and math.isfinite(c.max_grad_norm),
         f"max_grad_norm must be a positive number (got {c.max_grad_norm}).",
     )
-    need(
+    _need(
         c.noise_multiplier is None
         or (c.noise_multiplier > 0 and math.isfinite(c.noise_multiplier)),
         "noise_multiplier must be a positive number, or unset to calibrate it "
         f"(got {c.noise_multiplier}).",
     )
-    need(
+    _need(
         c.target_epsilon is None or (c.target_epsilon > 0 and math.isfinite(c.target_epsilon)),
         f"target_epsilon must be a positive number (got {c.target_epsilon}).",
     )
-    need(
+    _need(
         0 < c.delta < 1, f"delta must lie strictly between 0 and 1 (got {c.delta}); 1e-5 is usual."
     )
-    need(
+    _need(
         not c.private or c.noise_multiplier is not None or c.target_epsilon is not None,
         "a private trial needs target_epsilon (to calibrate σ) or noise_multiplier; set one.",
     )
-    need(
+    _need(
         c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
         f"device must be auto, cpu, cuda or cuda:N (got {c.device!r}).",
     )

@@ -2,13 +2,13 @@
 
 Images stay uint8 (N, C, H, W) until a batch reaches the device: 60k Fashion-MNIST images are
 47 MB, and converting per batch costs nothing next to DP-SGD's per-example gradients.
+
+Which data sets exist and how each one is read: the registry, trainers/datasets.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,32 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from trainers.chexpert import load_chexpert
 from trainers.config import TrainConfig, TrainerError
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-"""Where Debian's package `dataset-fashion-mnist` puts the IDX files."""
-DEFAULT_DATA_ROOT = Path(
-    os.environ.get("DP_TUNE_DATA", Path.home() / ".cache" / "dp-tune" / "data")
+from trainers.datasets import (  # noqa: F401  (re-exported: the names other modules import)
+    DEBIAN_FASHION_MNIST,
+    DEFAULT_DATA_ROOT,
+    PUBLIC_NORMALIZATION,
+    Loaded,
+    get_dataset,
+    is_multilabel,
 )
-"""Default root for torchvision-format data sets (and their downloads)."""
-
-_FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-
-
-PUBLIC_NORMALIZATION = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-"""Per-channel mean and std in [0, 1] published for each benchmark data set (the constants of
-torchvision's and De et al.'s code). Constants, not statistics of the images a trial loads: no
-raw statistic of private data may enter a model (docs/privacy.md). Data sets not listed (a
-user's private set, CheXpert, synthetic) use 0.5 / 0.5 unless the space sets `input_mean` and
-`input_std`; pretrained models use their weights' own constants (trainers/loop.py)."""
 
 
 @dataclass(frozen=True)
@@ -72,23 +55,8 @@ class Splits:
 
     @property
     def multilabel(self) -> bool:
-        return self.train.tensors[1].ndim == 2
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What a data set's loader returns: its private pool and its public test split."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    class_names: tuple[str, ...]
-    train_groups: torch.Tensor | None = None
-    test_groups: torch.Tensor | None = None
-    group_names: tuple[str, ...] = ()
-    record_ids: list[bytes] | None = None
-    """A stable id per pool record (e.g. CheXpert's image path); None: its content is its id."""
+        """Labels are a 0/1 matrix, one column per finding (`is_multilabel`)."""
+        return is_multilabel(self.train.tensors[1])
 
 
 def load_splits(config: TrainConfig) -> Splits:
@@ -141,23 +109,8 @@ def load_splits(config: TrainConfig) -> Splits:
 
 
 def _load(config: TrainConfig) -> Loaded:
-    loaders = {
-        "fashion_mnist": _load_fashion_mnist,
-        "cifar10": lambda c: _load_cifar(c, 10),
-        "cifar100": lambda c: _load_cifar(c, 100),
-        "chexpert": load_chexpert,
-        "synthetic": _load_synthetic,
-    }
-    loaded = loaders[config.dataset](config)
-    if isinstance(loaded, Loaded):
-        return loaded
-    train_x, train_y, test_x, test_y, class_names = loaded[:5]
-    # Loaders of data sets with a group attribute add (train groups, test groups, names) and
-    # may add stable record ids.
-    train_g, test_g, group_names = loaded[5] if len(loaded) > 5 else (None, None, ())
-    ids = loaded[6] if len(loaded) > 6 else None
-    return Loaded(train_x, train_y, test_x, test_y, tuple(class_names), train_g, test_g,
-                  tuple(group_names), ids)  # fmt: skip
+    """The pool and test split of `config.dataset`, read by its registered loader."""
+    return get_dataset(config.dataset).read(config)
 
 
 def _load_public_validation(config: TrainConfig) -> Loaded:
@@ -194,9 +147,7 @@ def record_contents(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
     """Each record's content (image bytes and label bytes): its identity for `partition`."""
     flat_images = images.reshape(len(images), -1).numpy()
     flat_labels = labels.reshape(len(labels), -1).numpy()
-    return [
-        flat_images[i].tobytes() + b"|" + flat_labels[i].tobytes() for i in range(len(images))
-    ]
+    return [flat_images[i].tobytes() + b"|" + flat_labels[i].tobytes() for i in range(len(images))]
 
 
 def record_position(record: bytes, key: int) -> float:
@@ -230,8 +181,9 @@ def _hash_key(key: int) -> bytes:
 def normalization(config: TrainConfig, channels: int) -> tuple[tuple[float, ...], ...]:
     """(mean, std) per channel: the space's `input_mean`/`input_std`, else the data set's
     published constants, else 0.5 / 0.5. Never computed from the images."""
-    default_mean, default_std = PUBLIC_NORMALIZATION.get(
-        config.dataset, ((0.5,) * channels, (0.5,) * channels)
+    default_mean, default_std = get_dataset(config.dataset).normalization or (
+        (0.5,) * channels,
+        (0.5,) * channels,
     )
     mean = _channels(config.input_mean, "input_mean", channels) or default_mean
     std = _channels(config.input_std, "input_std", channels) or default_std
@@ -258,149 +210,3 @@ def _channels(text: str | None, name: str, channels: int) -> tuple[float, ...] |
     if name == "input_std" and any(v <= 0 for v in values):
         raise TrainerError(f"{name} must be positive (got {text!r}).")
     return values
-
-
-# --- Fashion-MNIST --------------------------------------------------------------------------
-
-_IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
-
-def _fashion_mnist_candidates(config: TrainConfig) -> list[Path]:
-    """Folders that may hold the four IDX files (plain or .gz), most specific first."""
-    roots = [Path(config.data_dir).expanduser()] if config.data_dir else []
-    roots += [DEFAULT_DATA_ROOT]
-    folders = []
-    for root in roots:  # a flat folder of IDX files, or torchvision's layout under it
-        folders += [root, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
-    if not config.data_dir:
-        folders.append(DEBIAN_FASHION_MNIST)
-    return folders
-
-
-def _find_idx(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format): big-endian header, then uint8 data."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise TrainerError(
-            f"{path} is not an IDX file of unsigned bytes; replace it with a good copy."
-        )
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(shape)):
-        raise TrainerError(f"{path} is truncated or corrupt; replace it with a good copy.")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
-
-
-def _load_fashion_mnist(config: TrainConfig):
-    folders = _fashion_mnist_candidates(config)
-    for folder in folders:
-        paths = {key: _find_idx(folder, stem) for key, stem in _IDX_FILES.items()}
-        if all(paths.values()):
-            arrays = {key: _read_idx(path) for key, path in paths.items()}
-            return (
-                torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
-                torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-                torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
-                torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-                _FASHION_MNIST_CLASSES,
-            )
-    if config.download:
-        from torchvision.datasets import FashionMNIST
-
-        root = Path(config.data_dir).expanduser() if config.data_dir else DEFAULT_DATA_ROOT
-        try:
-            FashionMNIST(str(root), train=True, download=True)
-            FashionMNIST(str(root), train=False, download=True)
-        except Exception as error:  # network errors come in many types
-            raise TrainerError(
-                f"could not download Fashion-MNIST into {root} ({error}); install it with "
-                "`apt-get install dataset-fashion-mnist` or pass --set data_dir=DIR holding "
-                "its IDX files."
-            ) from None
-        return _load_fashion_mnist(TrainConfig(**{**config.to_dict(), "download": False}))
-    raise TrainerError(
-        "Fashion-MNIST not found (looked in "
-        + ", ".join(str(f) for f in folders)
-        + "); install it with `apt-get install dataset-fashion-mnist`, pass --set data_dir=DIR "
-        "holding train-images-idx3-ubyte(.gz) and the other IDX files, or --set download=true."
-    )
-
-
-# --- CIFAR-10 / CIFAR-100 -------------------------------------------------------------------
-
-
-def _load_cifar(config: TrainConfig, num_classes: int):
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    kind = CIFAR10 if num_classes == 10 else CIFAR100
-    root = Path(config.data_dir).expanduser() if config.data_dir else DEFAULT_DATA_ROOT
-    try:
-        train = kind(str(root), train=True, download=config.download)
-        test = kind(str(root), train=False, download=config.download)
-    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
-        raise TrainerError(
-            f"CIFAR-{num_classes} not found in {root}; put torchvision's extracted "
-            f"'{kind.base_folder}' folder there (or --set data_dir=DIR), or --set download=true "
-            "where there is internet."
-        ) from None
-    except Exception as error:
-        raise TrainerError(
-            f"could not download CIFAR-{num_classes} into {root} ({error}); download "
-            f"{kind.url} where there is internet and extract it under --set data_dir=DIR."
-        ) from None
-
-    def to_tensors(ds):
-        images = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        return images, torch.as_tensor(ds.targets, dtype=torch.int64)
-
-    return (*to_tensors(train), *to_tensors(test), tuple(train.classes))
-
-
-# --- synthetic ------------------------------------------------------------------------------
-
-
-def _load_synthetic(config: TrainConfig):
-    """A learnable data set for tests: each class is a fixed random pattern plus noise.
-
-    Generated deterministically from a constant seed (not `seed`), so every trial of a search
-    sees the same data, like a real data set.
-    """
-    gen = torch.Generator().manual_seed(1234)
-    k, c, s = config.synthetic_classes, config.synthetic_channels, config.synthetic_image_size
-    prototypes = (torch.rand(k, c, s, s, generator=gen) > 0.5).float()  # high-contrast patterns
-
-    # Groups come from their own generator, so data sets without groups stay unchanged.
-    group_gen = torch.Generator().manual_seed(4321)
-
-    def make(n: int):
-        labels = torch.randint(0, k, (n,), generator=gen)
-        noise = torch.randn(n, c, s, s, generator=gen) * 0.35
-        groups = None
-        if config.synthetic_groups:
-            groups = torch.randint(0, config.synthetic_groups, (n,), generator=group_gen)
-            noise = noise * (1.0 + 0.75 * groups.float()).view(n, 1, 1, 1)
-        images = (prototypes[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
-        return images, labels, groups
-
-    train_x, train_y, train_g = make(config.synthetic_examples)
-    test_x, test_y, test_g = make(max(config.synthetic_examples // 4, k))
-    class_names = tuple(f"class_{i}" for i in range(k))
-    if not config.synthetic_groups:
-        return train_x, train_y, test_x, test_y, class_names
-    group_names = tuple(f"group_{g}" for g in range(config.synthetic_groups))
-    return train_x, train_y, test_x, test_y, class_names, (train_g, test_g, group_names)

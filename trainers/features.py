@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import accounting
 from trainers.config import TrainConfig
 from trainers.data import DEFAULT_DATA_ROOT, Splits
 from trainers.layers import head_module
@@ -152,9 +152,8 @@ def cached_features(
                 "bias": head.bias is not None,
                 "total_parameters": sum(p.numel() for p in model.parameters()),
             }
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(features, tmp)
-            os.replace(tmp, path)
+            with accounting.atomic_file(path, "wb") as f:  # trials may fill one cache at once
+                torch.save(features, f)
             computed = True
         else:
             log.info("feature cache: loaded %s", path)

@@ -1,12 +1,14 @@
-"""Models: the small CNNs of Tramèr & Boneh (2021) and any timm model, made DP-compatible."""
+"""Models: our own architectures (registered by name with `register_model`: the small CNNs of
+Tramèr & Boneh 2021, De et al.'s WRNs) and any timm model, made DP-compatible."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -15,7 +17,27 @@ from trainers.config import TrainConfig, TrainerError
 
 log = logging.getLogger(__name__)
 
+ModelFactory = Callable[[int, int, int], nn.Module]
+"""(in_channels, num_classes, image_size) → a freshly initialised model."""
 
+_MODELS: dict[str, ModelFactory] = {}
+
+BUILTIN_MODELS: Mapping[str, ModelFactory] = MappingProxyType(_MODELS)
+"""Our own architectures by name (a read-only live view of the registry). `config.model`
+names one of these or, failing that, a timm model."""
+
+
+def register_model(factory: ModelFactory) -> ModelFactory:
+    """Decorator: register an architecture of our own under its function's name (like timm's
+    `@register_model`); it takes precedence over a timm model of the same name."""
+    name = factory.__name__
+    if _MODELS.get(name, factory) is not factory:
+        raise TrainerError(f"two models are named {name!r}; rename one of them")
+    _MODELS[name] = factory
+    return factory
+
+
+@register_model
 def tramer_boneh_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """The end-to-end tanh CNN for (Fashion-)MNIST of Tramèr & Boneh, ICLR 2021 (Table 9).
 
@@ -35,6 +57,7 @@ def tramer_boneh_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.
     return nn.Sequential(*features, nn.Linear(width, 32), nn.Tanh(), nn.Linear(32, num_classes))
 
 
+@register_model
 def tramer_boneh_cifar_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """The end-to-end tanh CNN for CIFAR-10 of Tramèr & Boneh, ICLR 2021 (Table 10).
 
@@ -114,12 +137,16 @@ class WideResNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-BUILTIN_MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "tramer_boneh_cnn": tramer_boneh_cnn,
-    "tramer_boneh_cifar_cnn": tramer_boneh_cifar_cnn,
-    "wrn_16_4": lambda c, k, s: WideResNet(16, 4, c, k),
-    "wrn_10_1": lambda c, k, s: WideResNet(10, 1, c, k),  # a small sibling for smoke runs
-}
+@register_model
+def wrn_16_4(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """WRN-16-4 (De et al. 2022's CIFAR-10 network from scratch)."""
+    return WideResNet(16, 4, in_channels, num_classes)
+
+
+@register_model
+def wrn_10_1(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """WRN-10-1: a small sibling of WRN-16-4 for smoke runs."""
+    return WideResNet(10, 1, in_channels, num_classes)
 
 
 def _flat_width(features: nn.Module, in_channels: int, image_size: int) -> int:

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import spaces
-from trainers.chexpert import write_synthetic_chexpert
-
-DIRECTORY_DATASETS = {"chexpert": write_synthetic_chexpert}
-"""Data sets read from a local directory → a writer of a tiny synthetic one."""
-
-_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "synthetic": 10}
+from trainers.datasets import DatasetSpec, get_dataset
 
 SMOKE = {
     "synthetic_examples": 48,
@@ -36,35 +30,47 @@ SMOKE = {
 """What every smoke run changes (40 examples, about 32 of them training: δ must stay below 1/n)."""
 
 
-def smoke_config(space_name: str, workdir: str | Path | None = None) -> dict[str, Any]:
-    """The trainer settings of a smoke run of `space_name` (its defaults, shrunk).
+class Space(Protocol):
+    """What a smoke run needs of a search space (`spaces.SearchSpace` has it). The trainer
+    takes the space from its caller, so it never depends on the `spaces` package."""
+
+    smoke: dict[str, Any]
+
+    def default_config(self) -> dict[str, Any]: ...
+
+
+def smoke_config(space: Space, workdir: str | Path | None = None) -> dict[str, Any]:
+    """The trainer settings of a smoke run of `space` (its defaults, shrunk).
 
     `workdir`: where a smoke run may write what it needs (a tiny data directory, cached
     features); a temporary folder when None.
     """
-    space = spaces.get_space(space_name)
     values = space.default_config()
-    dataset = values.get("dataset", "synthetic")
-    grey = dataset == "fashion_mnist" or (
-        dataset == "synthetic" and values.get("synthetic_channels", 1) == 1
-    )
+    dataset = get_dataset(values.get("dataset", "synthetic"))
     values.update(SMOKE)
     values["delta"] = min(float(values.get("delta", 1e-5)), 1e-5)
-    if dataset in DIRECTORY_DATASETS:
+    if dataset.write_smoke_data is not None:
         # Data sets read from a local directory: a tiny one in the same format, so the smoke
         # run reads files, parses CSVs and computes AUCs as a real run does.
         workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp())
-        values["data_dir"] = str(DIRECTORY_DATASETS[dataset](workdir / f"smoke_{dataset}"))
+        values["data_dir"] = str(dataset.write_smoke_data(workdir / f"smoke_{dataset.name}"))
     else:
-        values.update(
-            dataset="synthetic",
-            synthetic_channels=1 if grey else 3,
-            synthetic_image_size=28 if grey else 32,
-            synthetic_classes=_CLASSES.get(dataset, 10),
-        )
+        values.update(_synthetic_stand_in(dataset, values))
     if values.get("tan_reference_batch"):
         values["tan_reference_batch"] = 32
     if workdir is not None:
         values["feature_cache_dir"] = str(Path(workdir) / "feature_cache")
     values.update(space.smoke)
     return values
+
+
+def _synthetic_stand_in(dataset: DatasetSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """Synthetic data shaped like `dataset` (channels, classes) at its native small resolution
+    (28 for greyscale, 32 for colour where the data set leaves it to the config)."""
+    grey = (dataset.channels or values.get("synthetic_channels", 1)) == 1
+    return {
+        "dataset": "synthetic",
+        "synthetic_channels": 1 if grey else 3,
+        "synthetic_image_size": dataset.image_size or (28 if grey else 32),
+        "synthetic_classes": dataset.num_classes or 10,
+    }

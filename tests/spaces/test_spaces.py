@@ -10,11 +10,10 @@ from hypothesis import strategies as st
 
 import spaces
 from spaces import Choice, IntUniform, LogUniform, Uniform
+from tests.helpers import tiny
 from trainers import TrainConfig, make_config, train
 from trainers.config import config_keys
 from trainers.smoke import smoke_config
-
-from .conftest import tiny
 
 ALL_SPACES = [space.name for space in spaces.list_spaces()]
 
@@ -82,7 +81,7 @@ class TestSpaceContract:
         # The space's own recipe and code path, shrunk (trainers.smoke): synthetic data shaped
         # like its data set, random weights, one short epoch. ε stays within the target.
         reports = []
-        final = train(make_config(smoke_config(name, tmp_path)), reports.append)
+        final = train(make_config(smoke_config(spaces.get_space(name), tmp_path)), reports.append)
         assert len(reports) == 1 and final["done"]
         assert 0 < final["epsilon"] <= 8.0
         assert 0.0 <= final["test_accuracy"] <= 1.0

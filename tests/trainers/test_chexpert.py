@@ -14,7 +14,7 @@ import results
 from trainers import TrainerError, make_config
 from trainers.chexpert import LABELS, write_synthetic_chexpert
 from trainers.data import load_splits
-from trainers.loop import roc_auc
+from trainers.evaluation import roc_auc
 
 
 def brute_force_auc(scores, targets):
@@ -111,8 +111,9 @@ def test_training_reports_auc_per_finding_and_group(chexpert_dir):
     assert final["test_group_auc"]["Unknown"] is None  # no example: no AUC, not a zero
 
 
+@pytest.mark.slow  # a real Ray search
 def test_search_maximises_auc_and_results_report_group_auc(chexpert_dir, tmp_path):
-    from .test_search_ray import search
+    from tests.helpers import search
 
     result = search(
         "--space", "chexpert", "--set", f"data_dir={chexpert_dir}", "--set", "model=test_resnet",

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from tests.helpers import microbatch_gradients, tiny
 from trainers import make_config
-from trainers.loop import _DpStep, _make_optimizer
 from trainers.models import build_model
-
-from .conftest import microbatch_gradients, tiny
+from trainers.steps import OpacusStep, make_optimizer
 
 
 def _dp_step_for(model_name, channels, size, max_grad_norm):
@@ -30,9 +29,9 @@ def _dp_step_for(model_name, channels, size, max_grad_norm):
     model = build_model(config, in_channels=channels, num_classes=10, image_size=size).double()
     reference = copy.deepcopy(model)
     dataset = TensorDataset(torch.zeros(256, channels, size, size), torch.zeros(256).long())
-    step = _DpStep(
+    step = OpacusStep(
         model=model,
-        optimizer=_make_optimizer(config, model.parameters()),
+        optimizer=make_optimizer(config, model.parameters()),
         dataset=dataset,
         config=config,
         noise_multiplier=config.noise_multiplier,
@@ -102,7 +101,7 @@ def test_weight_standardised_groupnorm_resnetv2_matches_microbatch_reference():
     per_example = microbatch_gradients(reference, images, labels)
     clip = float(per_example.norm(dim=1).median())
     config = make_config(tiny(noise_multiplier=1e-12, target_epsilon=None, max_grad_norm=clip))
-    step = _DpStep(model=model, optimizer=_make_optimizer(config, model.parameters()),
+    step = OpacusStep(model=model, optimizer=make_optimizer(config, model.parameters()),
                    dataset=TensorDataset(torch.zeros(256, 3, 32, 32), torch.zeros(256).long()),
                    config=config, noise_multiplier=1e-12, device=torch.device("cpu"))  # fmt: skip
     F.cross_entropy(step.model(images), labels).backward()

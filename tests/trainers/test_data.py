@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import needs_fashion_mnist, tiny
 from trainers import TrainerError, make_config
 from trainers.data import PUBLIC_NORMALIZATION, load_splits, partition, record_contents
-
-from .conftest import needs_fashion_mnist, tiny
 
 
 def _write_idx(path, array, compress):

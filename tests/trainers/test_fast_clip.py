@@ -11,17 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.helpers import microbatch_gradients, tiny
 from trainers import TrainerError, make_config, train
-from trainers.fast_clip import (
+from trainers.fast_clipping import (
     FastClipper,
-    _explicit_padding,
     fast_clipping_unsupported,
     forward_with_input_grad,
-    per_example_kernels,
 )
+from trainers.fast_clipping.conv_kernels import choose_kernel, explicit_padding, per_example_kernels
 from trainers.models import ScalarGain, build_model
-
-from .conftest import microbatch_gradients, tiny
 
 MODELS = [
     ("tramer_boneh_cnn", 1, 28),  # Conv2d (direct and ghost norms), Linear
@@ -83,7 +81,7 @@ CONVS = [  # (in, out, kernel, stride, padding, dilation, groups): every shape r
 @pytest.mark.parametrize("conv", CONVS)
 @pytest.mark.parametrize("views", [1, 2])
 def test_every_per_example_kernel_gives_each_examples_gradient(conv, views):
-    # Each kernel the engine may pick by timing, against autograd on one example at a time.
+    # Each kernel the engine may pick, against autograd on one example at a time.
     in_ch, out_ch, kernel, stride, padding, dilation, groups = conv
     torch.manual_seed(0)
     module = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation, groups).double()
@@ -96,7 +94,7 @@ def test_every_per_example_kernel_gives_each_examples_gradient(conv, views):
         (grad,) = torch.autograd.grad(module(inputs[rows]), module.weight, output_grads[rows])
         expected.append(grad / views)  # an example's gradient is the mean over its views
     expected = torch.stack(expected).reshape(3, groups, out_ch // groups, -1)
-    padded, explicit = _explicit_padding(module, inputs)
+    padded, explicit = explicit_padding(module, inputs)
     kernels = per_example_kernels(module)
     assert len(kernels) == (3 if groups == 1 else 2)
     for kernel_fn in kernels:
@@ -175,13 +173,13 @@ def test_unsupported_layers_fall_back_to_opacus_with_a_log_line(caplog):
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), Odd())
     assert "Odd" in fast_clipping_unsupported(model)
-    from trainers.loop import _clipping_engine
+    from trainers.steps import clipping_engine
 
-    with caplog.at_level(logging.INFO, logger="trainers.loop"):
-        assert _clipping_engine(make_config(tiny()), model) == "opacus"
+    with caplog.at_level(logging.INFO, logger="trainers.steps"):
+        assert clipping_engine(make_config(tiny()), model) == "opacus"
     assert "fast clipping does not support Odd" in caplog.text
     with pytest.raises(TrainerError, match="clipping=opacus"):
-        _clipping_engine(make_config(tiny(clipping="fast")), model)
+        clipping_engine(make_config(tiny(clipping="fast")), model)
 
 
 @pytest.mark.parametrize(
@@ -204,3 +202,52 @@ def test_physical_batches_add_up_to_the_logical_one():
     split = train(make_config(tiny(max_physical_batch_size=16, reproducible=True)))
     assert whole["clipping"] == "fast"
     assert split["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-4)
+
+
+# --- kernel choice: same seed, same bits --------------------------------------------------
+
+
+def _mixed_kernel_model():
+    """Convs that take each per-example kernel: one input channel (swapped), 16 channels over
+    16×16 positions (grouped at 64 rows), 3 channels (unfolded)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(),
+        nn.Conv2d(16, 8, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 16 * 16, 10),
+    )  # fmt: skip
+
+
+def test_kernel_choice_is_a_rule_and_repeated_steps_are_bit_identical():
+    # A choice by timing switched kernels over a clipper's first steps (and between runs);
+    # kernels round differently, so float32 results changed in the last bits from step 3 on.
+    # Now every step and every run of one seed computes the very same floats.
+    torch.manual_seed(0)
+    model = _mixed_kernel_model()
+    images = torch.randn(64, 1, 16, 16) * torch.logspace(-2, 1, 64).view(-1, 1, 1, 1)
+    labels = torch.arange(64) % 10
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    chosen = {choose_kernel(m, (64, m.in_channels, 16, 16), (64, m.out_channels, 16, 16))
+              for m in convs}  # fmt: skip
+    assert chosen == set(per_example_kernels(convs[0]))  # the test exercises all three
+
+    def steps(model, count):
+        clipper = FastClipper(model, 1.0)
+        for _ in range(count):
+            losses = F.cross_entropy(forward_with_input_grad(model, images), labels,
+                                     reduction="none")  # fmt: skip
+            clipper.backward(losses, 1)
+            sums = clipper.take_sums()
+            yield clipper.last_norms, torch.cat([sums[id(p)].flatten() for p in model.parameters()])
+        clipper.close()
+
+    runs = list(steps(model, 8)) + list(steps(copy.deepcopy(model), 2))
+    for norms, summed in runs[1:]:
+        assert torch.equal(norms, runs[0][0]) and torch.equal(summed, runs[0][1])
+
+
+def test_same_seed_trials_on_the_fast_engine_are_bit_identical():
+    values = tiny(epochs=1, seed=5, reproducible=True, clipping="fast", synthetic_channels=3,
+                  synthetic_image_size=16, model="tramer_boneh_cifar_cnn")  # fmt: skip
+    a, b = train(make_config(values)), train(make_config(values))
+    assert a["clipping"] == "fast"
+    for key in ("test_loss", "train_loss", "val_accuracy"):
+        assert a[key] == b[key], key

@@ -16,14 +16,13 @@ from torch.utils.data import TensorDataset
 
 import accounting
 from accounting.ledger import read_ledger
+from tests.helpers import ROOT, microbatch_gradients, tiny
 from trainers import make_config, plan_mechanism, train
 from trainers.augment import augment_views
 from trainers.ema import ParameterEma
 from trainers.layers import blocks, head_module, select_trainable
-from trainers.loop import _average_views, _DpStep, _make_optimizer
 from trainers.models import build_model
-
-from .conftest import ROOT, microbatch_gradients, tiny
+from trainers.steps import OpacusStep, average_views, make_optimizer
 
 # --- augmentation multiplicity --------------------------------------------------------------
 
@@ -64,11 +63,11 @@ def test_augmult_averages_view_gradients_before_clipping(model_name, channels):
 
     config = make_config({**config.to_dict(), "max_grad_norm": clip})
     dataset = TensorDataset(torch.zeros(256, channels, size, size), torch.zeros(256).long())
-    step = _DpStep(model=model, optimizer=_make_optimizer(config, model.parameters()),
+    step = OpacusStep(model=model, optimizer=make_optimizer(config, model.parameters()),
                    dataset=dataset, config=config, noise_multiplier=1e-12,
                    device=torch.device("cpu"))  # fmt: skip
     F.cross_entropy(step.model(images), labels.repeat_interleave(views)).backward()
-    _average_views(step.optimizer.params, views)
+    average_views(step.optimizer.params, views)
     params = [p for p in step.model.parameters() if p.requires_grad]
     averaged = torch.cat([p.grad_sample.flatten(1) for p in params], dim=1)
     torch.testing.assert_close(averaged, per_example, rtol=1e-5, atol=1e-9)
@@ -178,7 +177,7 @@ def test_frozen_parameters_never_change_and_only_trainable_ones_are_noised():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     dataset = TensorDataset(torch.randint(0, 255, (64, 1, 16, 16), dtype=torch.uint8).float(),
                             torch.randint(0, 10, (64,)))  # fmt: skip
-    step = _DpStep(model=model, optimizer=_make_optimizer(config, model.parameters()),
+    step = OpacusStep(model=model, optimizer=make_optimizer(config, model.parameters()),
                    dataset=dataset, config=config, noise_multiplier=1.0,
                    device=torch.device("cpu"))  # fmt: skip
     for images, labels in step.batches():

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
+from tests.helpers import tiny
 from trainers import TrainConfig, TrainerError, make_config, parse_overrides, train
 from trainers.models import build_model
-
-from .conftest import tiny
 
 REPORT_KEYS = {
     "epoch", "steps", "val_accuracy", "val_releases", "val_noise_multiplier", "val_dp",

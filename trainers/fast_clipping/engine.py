@@ -1,0 +1,189 @@
+"""The clipper: hooks on one model's supported layers, per-example norms, clip factors and the
+clipped sums of a logical batch; and the noise Opacus's optimizer would add.
+
+What a forward pass captures belongs to the `FastClipper` that hooked the model (one record
+per layer, emptied by the clipper itself after each backward). Which forward passes capture is
+scoped, not global: `forward_with_input_grad(model, …)` marks the layers of `model` as capturing
+in a context variable (per thread and task) for that one call, so other forward passes of the
+model (evaluation, a second model, another thread) capture nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from functools import partial
+
+import torch
+from torch import nn
+
+from trainers.fast_clipping.registry import (
+    LayerHandler,
+    fast_clipping_unsupported,
+    handler_for,
+    trainable_layers,
+)
+
+_CAPTURING: ContextVar[frozenset[int]] = ContextVar("fast_clipping_capturing", default=frozenset())
+"""ids of the modules whose forward passes are being captured in this context."""
+
+
+@contextlib.contextmanager
+def capturing(model: nn.Module) -> Iterator[None]:
+    """Forward passes of `model` in this block are captured by the clippers hooked into its
+    layers, with no weight requiring grad: the backward pass then computes the layer output
+    gradients the engine needs (from the first trainable layer on) and no weight gradient."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    token = _CAPTURING.set(_CAPTURING.get() | {id(m) for m in model.modules()})
+    try:
+        yield
+    finally:
+        _CAPTURING.reset(token)
+        for p in params:
+            p.requires_grad_(True)
+
+
+def forward_with_input_grad(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`model(images)` captured for the clippers hooked into it (see `capturing`)."""
+    with capturing(model):
+        return model(images.detach())
+
+
+class _Capture:
+    """One hooked layer: its handler and what this physical batch's passes left for it."""
+
+    __slots__ = ("handler", "activations", "backprops", "output", "handle")
+
+    def __init__(self, handler: LayerHandler) -> None:
+        self.handler = handler
+        self.activations = self.backprops = self.output = None
+        self.handle = None
+
+    def take(self):
+        """The captured tensors, and an empty record for the next batch."""
+        taken = self.activations, self.backprops, self.output
+        self.activations = self.backprops = self.output = None
+        return taken
+
+
+def _prepare(handler: LayerHandler, activations, backprops, output, views: int):
+    if activations is None or backprops is None:
+        raise RuntimeError(
+            f"fast clipping captured no pass through {type(handler.module).__name__}: run the "
+            "model by forward_with_input_grad (in training mode), and let the loss depend on "
+            "every trainable layer"
+        )
+    return handler.prepare(activations, backprops, views, output)
+
+
+class FastClipper:
+    """Clips one physical batch at a time and accumulates the clipped sums of a logical one.
+
+    Hooks every layer of `model` with trainable parameters of its own (fixed at construction)
+    until `close()`. Per physical batch: `forward_with_input_grad(model, x)` (or `forward`),
+    then `backward(per-example losses, views)`; `take_sums()` hands over Σ_i c_i ∇_i per
+    parameter (keyed by id) of the logical batch so far. Raises ValueError for a model with a
+    trainable layer no handler clips (`fast_clipping_unsupported`).
+    """
+
+    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
+        reason = fast_clipping_unsupported(model)
+        if reason is not None:
+            raise ValueError(f"fast clipping does not support this model's {reason} layers")
+        self.model = model
+        self.max_grad_norm = max_grad_norm
+        self._captures = []
+        for module in trainable_layers(model):
+            capture = _Capture(handler_for(module)(module))
+            capture.handle = module.register_forward_hook(partial(self._forward, capture))
+            self._captures.append(capture)
+        self.sums: dict[int, torch.Tensor] = {}
+        self.last_norms: torch.Tensor | None = None
+
+    @property
+    def handlers(self) -> list[LayerHandler]:
+        return [capture.handler for capture in self._captures]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's captured forward pass (`forward_with_input_grad`)."""
+        return forward_with_input_grad(self.model, inputs)
+
+    def _forward(self, capture: _Capture, module, inputs, output):
+        if not (torch.is_grad_enabled() and module.training and id(module) in _CAPTURING.get()):
+            return None
+        capture.activations = inputs[0].detach()
+        if capture.handler.needs_output:
+            capture.output = output.detach()
+        if not output.requires_grad:
+            # Nothing before this layer needs a gradient (the first layer, or a frozen
+            # backbone): start the backward pass here instead of at the input.
+            output = output.detach().requires_grad_(True)
+            output.register_hook(partial(self._backward, capture))
+            return output
+        output.register_hook(partial(self._backward, capture))
+        return None
+
+    @staticmethod
+    def _backward(capture: _Capture, grad: torch.Tensor) -> None:
+        capture.backprops = grad.detach()
+
+    def backward(self, loss_per_row: torch.Tensor, views: int) -> None:
+        """Per-example norms, clip factors and clipped sums of this physical batch: rows are
+        B examples' K views each (i·K … i·K+K−1), an example's gradient their mean."""
+        loss_per_row.sum().backward()
+        if loss_per_row.numel() == 0:
+            for capture in self._captures:
+                capture.take()
+            return
+        # Layer by layer: what a handler's state does not keep is freed at once.
+        pairs = [(c.handler, _prepare(c.handler, *c.take(), views)) for c in self._captures]
+        squared = sum(handler.squared_norms(state) for handler, state in pairs)
+        norms = squared.clamp_min(0).sqrt()
+        self.last_norms = norms.detach()
+        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for handler, state in pairs:
+            for param, value in handler.clipped_sums(state, factors):
+                key = id(param)
+                self.sums[key] = value if key not in self.sums else self.sums[key] + value
+
+    def take_sums(self) -> dict[int, torch.Tensor]:
+        sums, self.sums = self.sums, {}
+        return sums
+
+    def close(self) -> None:
+        """Removes the hooks (the clipper cannot be used after)."""
+        for capture in self._captures:
+            capture.handle.remove()
+            capture.take()
+
+
+def noise_and_average(
+    params: list[torch.Tensor],
+    sums: dict[int, torch.Tensor],
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: float,
+    generator: torch.Generator | None,
+    buffers: dict | None = None,
+) -> None:
+    """p.grad = (Σ clipped + N(0, σ²C²)) / expected batch size, as Opacus does for a mean loss.
+
+    `buffers` (id(param) → tensor), kept by the caller across steps, holds the noise draws.
+    `generator` None draws from PyTorch's default generator.
+    """
+    for param in params:
+        # The draws Opacus's optimizer makes (same generator, same parameter order), into a
+        # buffer kept across steps: a fresh 68 M-float tensor per step costs page faults.
+        noise = buffers.get(id(param)) if buffers is not None else None
+        if noise is None or noise.shape != param.shape:
+            noise = torch.empty_like(param)
+            if buffers is not None:
+                buffers[id(param)] = noise
+        noise.normal_(0, noise_multiplier * max_grad_norm, generator=generator)
+        summed = sums.get(id(param))
+        grad = noise.clone() if summed is None else summed.to(param.dtype).add_(noise)
+        param.grad = grad.div_(expected_batch_size)

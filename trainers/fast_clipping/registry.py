@@ -1,0 +1,141 @@
+"""Which handler clips which layer: `register_layer(*types)` maps nn.Module types to handler
+classes (as Opacus's `register_grad_sampler` maps them to grad samplers).
+
+A handler class (a `LayerHandler`) knows one layer type's per-example algebra; the engine makes
+one handler per layer of a model that has trainable parameters of its own, and a model is fully
+supported when every such layer has one (`fast_clipping_unsupported` says which do not).
+
+Lookup walks the layer type's MRO, so a subclass of a registered type is clipped by its base's
+handler, unless it overrides `forward`: a handler's algebra describes its registered type's
+forward, and a new forward may compute anything (timm's `Linear` or `GroupNormAct` override it,
+and stay unsupported). Register such a subclass explicitly if its forward keeps the algebra.
+
+Layers from timm register lazily (`timm_layers`): the first lookup of a class defined in timm
+imports the handlers for timm's types, so models without timm layers never import timm (3-4 s
+in every trial process).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+HANDLERS: dict[type[nn.Module], type[LayerHandler]] = {}
+"""Layer type → handler class, filled by `register_layer`."""
+
+LAZY_REGISTRATIONS = {"timm.": "trainers.fast_clipping.timm_layers"}
+"""Class-module prefix → the module that registers handlers for those classes when imported."""
+
+
+class LayerHandler:
+    """How the engine clips one layer type. Subclass it and register it with `register_layer`.
+
+    The engine calls, once per physical batch of B examples (B·K rows with K views each):
+
+    - `prepare(activations, backprops, views, output)`: the per-batch state, from the layer's
+      input `activations` (its first positional input, B·K rows), the gradient `backprops` of
+      the summed per-example losses with respect to its output, and (if `needs_output`) the
+      output itself; an example's gradient is the mean over its K views' rows;
+    - `squared_norms(state)`: (B,) each example's squared gradient norm over the layer's
+      trainable parameters;
+    - `clipped_sums(state, factors)`: pairs (parameter, Σ_i factors_i ∇_i parameter) for each
+      trainable parameter, `factors` (B,) the clip factors.
+    """
+
+    needs_output: ClassVar[bool] = False
+    """Whether `prepare` needs the layer's output (kept from the forward pass)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        """Why this handler cannot clip this instance of its type (None: it can)."""
+        return None
+
+    def prepare(
+        self,
+        activations: torch.Tensor,
+        backprops: torch.Tensor,
+        views: int,
+        output: torch.Tensor | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def squared_norms(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def clipped_sums(
+        self, state: Any, factors: torch.Tensor
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+
+def register_layer(
+    *types: type[nn.Module],
+) -> Callable[[type[LayerHandler]], type[LayerHandler]]:
+    """Class decorator: `handler` clips layers of `types` (and of their subclasses that keep
+    their forward). A later registration of a type replaces an earlier one.
+
+        @register_layer(MyScale)
+        class MyScaleHandler(LayerHandler):
+            ...
+    """
+    if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise TypeError("register_layer takes one or more nn.Module subclasses")
+
+    def decorate(handler: type[LayerHandler]) -> type[LayerHandler]:
+        if not (isinstance(handler, type) and issubclass(handler, LayerHandler)):
+            raise TypeError(f"{handler!r} is not a LayerHandler subclass")
+        for layer_type in types:
+            HANDLERS[layer_type] = handler
+        return handler
+
+    return decorate
+
+
+def _load_lazy_registrations(layer_type: type) -> None:
+    for prefix, module_name in list(LAZY_REGISTRATIONS.items()):
+        if any(cls.__module__.startswith(prefix) for cls in layer_type.__mro__):
+            LAZY_REGISTRATIONS.pop(prefix, None)
+            importlib.import_module(module_name)
+
+
+def handler_for(module: nn.Module) -> type[LayerHandler] | None:
+    """The handler class registered for `module`'s type or its nearest registered base, None
+    if there is none or `module`'s class overrides that base's forward."""
+    layer_type = type(module)
+    _load_lazy_registrations(layer_type)
+    for cls in layer_type.__mro__:
+        handler = HANDLERS.get(cls)
+        if handler is not None:
+            return handler if layer_type.forward is cls.forward else None
+    return None
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """None if a handler clips `module`'s own parameters, else why not."""
+    handler = handler_for(module)
+    if handler is None:
+        return type(module).__name__
+    return handler.unsupported(module)
+
+
+def trainable_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules with trainable parameters of their own, in `model.modules()` order."""
+    return [
+        module
+        for module in model.modules()
+        if any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+
+
+def fast_clipping_unsupported(model: nn.Module) -> str | None:
+    """Why the engine cannot clip this model (None: it can): the sorted, comma-separated
+    reasons of its trainable layers that no handler clips."""
+    reasons = {unsupported_reason(module) for module in trainable_layers(model)} - {None}
+    return ", ".join(sorted(reasons)) if reasons else None

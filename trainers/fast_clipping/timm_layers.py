@@ -1,0 +1,21 @@
+"""Handlers for timm's conv layers, by type. Imported by the registry on the first lookup of a
+class defined in timm (a model without timm layers never imports timm)."""
+
+from __future__ import annotations
+
+from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+from trainers.fast_clipping.conv import SameConvHandler
+from trainers.fast_clipping.registry import register_layer
+from trainers.fast_clipping.standardisation import (
+    SameScaledStdConvHandler,
+    SameStdConvHandler,
+    ScaledStdConvHandler,
+    StdConvHandler,
+)
+
+register_layer(Conv2dSame)(SameConvHandler)
+register_layer(StdConv2d)(StdConvHandler)
+register_layer(StdConv2dSame)(SameStdConvHandler)
+register_layer(ScaledStdConv2d)(ScaledStdConvHandler)
+register_layer(ScaledStdConv2dSame)(SameScaledStdConvHandler)
