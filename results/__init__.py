@@ -11,6 +11,7 @@ A notebook session:
     results.plot_frontier(report, "frontier.png")
 """
 
+from results.export import write_exports
 from results.fairness import add_fairness_columns, non_private_baseline
 from results.frontier import (
     all_experiments_epsilon,
@@ -20,7 +21,9 @@ from results.frontier import (
     search_epsilon_to_release,
 )
 from results.load import Experiment, ExperimentError, load_experiment, load_experiments
-from results.report import Report, build_report, to_csv, to_json, to_latex, to_markdown
+from results.render import to_latex, to_markdown
+from results.report import Report, build_report
+from results.serialize import to_csv, to_json
 
 
 def plot_frontier(report, path, **kwargs):
@@ -49,4 +52,5 @@ __all__ = [
     "to_json",
     "to_latex",
     "to_markdown",
+    "write_exports",
 ]

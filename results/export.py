@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).parent:
-    # Run as a script: import the project's packages, not this folder's modules as top-level.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-from results.load import ExperimentError, load_experiments  # noqa: E402
-from results.report import TABLES, Report, build_report, to_csv, to_json, to_latex, to_markdown  # noqa: E402
+import accounting
+from results.load import ExperimentError, load_experiments
+from results.render import to_latex, to_markdown
+from results.report import TABLES, Report, build_report
+from results.serialize import to_csv, to_json
 
 FORMATS = ("markdown", "latex", "csv", "json")
 EXPORT_FILES = {
@@ -43,27 +41,17 @@ def render(report: Report, fmt: str, table: str | None = None) -> str:
     return to_json(report, table)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically: a crash or a full disk never leaves half a file in place of the old."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_exports(experiment_dir: Path, report: Report) -> dict[str, Path]:
     """Every format and the plot into `experiment_dir` (the end of a search calls this)."""
     from results.plot import plot_frontier
 
     written = {}
     for fmt, name in EXPORT_FILES.items():
-        write_text(experiment_dir / name, render(report, fmt, None))
+        accounting.write_atomically(experiment_dir / name, render(report, fmt, None))
         written[fmt] = experiment_dir / name
-    write_text(experiment_dir / "search_adjusted.csv", to_csv(report, "search-adjusted"))
-    write_text(experiment_dir / "trials.csv", to_csv(report, "trials"))
+    adjusted = to_csv(report, "search-adjusted")
+    accounting.write_atomically(experiment_dir / "search_adjusted.csv", adjusted)
+    accounting.write_atomically(experiment_dir / "trials.csv", to_csv(report, "trials"))
     written["plot"] = plot_frontier(report, experiment_dir / PLOT_FILE)
     return written
 
@@ -122,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(load_experiments(args.experiments), budgets)
         text = render(report, args.format, args.table)
         if args.out:
-            write_text(args.out, text)
+            accounting.write_atomically(args.out, text)
         else:
             sys.stdout.write(text)
         if args.plot:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import accounting
-from accounting.ledger import LedgerError, LedgerRecord
+from accounting import LedgerError, LedgerRecord
 from results.fairness import add_fairness_columns
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,19 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_scor
     """
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    _plot_trials(ax, report, accuracy)
+    _plot_frontiers(ax, report, accuracy)
+    _plot_baseline(ax, report, accuracy)
+    _label(ax, report, accuracy)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _plot_trials(ax, report: Report, accuracy: str) -> None:
+    """Every private trial at its own ε, one marker per status."""
     trials = report.trials
     finite = trials[trials["trial_epsilon"].map(math.isfinite)]
     if accuracy in finite:
@@ -45,6 +58,10 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_scor
                     label=f"trials ({status})",
                     **style,
                 )
+
+
+def _plot_frontiers(ax, report: Report, accuracy: str) -> None:
+    """The per-trial frontier (solid) and the search-adjusted one (dashed), as step lines."""
     frontier = report.frontier
     if len(frontier):
         ax.step(
@@ -72,6 +89,10 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_scor
             markersize=4,
             label="search-adjusted frontier (ε of the whole search)",
         )
+
+
+def _plot_baseline(ax, report: Report, accuracy: str) -> None:
+    """The non-private baseline's test figure as a dotted horizontal line, if there is one."""
     baseline = f"baseline_{accuracy.replace('val_', 'test_', 1)}"
     if baseline in report.frontier and report.frontier[baseline].notna().any():
         ax.axhline(
@@ -81,6 +102,10 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_scor
             linewidth=1.2,
             label="non-private baseline (test)",
         )
+
+
+def _label(ax, report: Report, accuracy: str) -> None:
+    """Log ε axis, axis labels, title, grid, and a legend (or a note that nothing was drawn)."""
     if ax.has_data():
         ax.set_xscale("log")
         # ε values people read (1, 2, 5, 10…) instead of powers of ten only.
@@ -100,8 +125,3 @@ def plot_frontier(report: Report, path: str | Path, *, accuracy: str = "val_scor
         ax.legend(fontsize=8, loc="lower right")
     else:
         ax.text(0.5, 0.5, "no completed private trial", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -1,5 +1,5 @@
-"""A report of one or more experiments: releases, both frontiers, captions, and their renderings
-as Markdown (terminal, docs), LaTeX (papers), CSV and JSON (tools).
+"""A report of one or more experiments: releases, both frontiers and their captions — what
+every rendering (`results.render`: Markdown, LaTeX; `results.serialize`: CSV, JSON) draws on.
 
 Every rendering says which numbers are DP releases (a search's selected model and its search
 ε) and which are analyst-only diagnostics (per-trial validation metrics and trial ε).
@@ -7,15 +7,12 @@ Every rendering says which numbers are DP releases (a search's selected model an
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-import accounting
 from results.fairness import non_private_baseline, with_baseline
 from results.frontier import (
     all_experiments_epsilon,
@@ -23,7 +20,7 @@ from results.frontier import (
     search_adjusted_frontier,
     search_epsilon_to_release,
 )
-from results.load import EPSILON_DIGITS, Experiment, ExperimentError
+from results.load import Experiment, ExperimentError
 
 TABLES = ("search-adjusted", "frontier", "trials")
 STANDING = {
@@ -35,6 +32,9 @@ STANDING = {
 """What each table's rows are, written into every row of the CSV and JSON tables (a file that
 travels alone still says it)."""
 RESEARCH = "research run (reproducible noise from a known seed): NOT a DP release"
+
+METRIC_NAMES = {"val_accuracy": "accuracy", "val_auc": "AUC"}
+"""How captions and tables name each validation metric."""
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _release(experiment: Experiment) -> dict:
 
 
 def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
-    metric = _METRIC_NAMES[experiments[0].metric] if experiments else "accuracy"
+    metric = METRIC_NAMES[experiments[0].metric] if experiments else "accuracy"
     rules = []
     for e in experiments:
         delta = f"δ = {e.delta:g}"
@@ -179,8 +179,7 @@ def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
         + "Budgets were declared before the search; for each budget ε_B, the model the search "
         f"would have released had ε_B covered it, its noisy validation {metric} and its public "
         "test metrics, and the ε that covers it (≤ ε_B, rounded up; RDP, parallel composition "
-        "of training and validation records). "
-        + " ".join(rules)
+        "of training and validation records). " + " ".join(rules)
     )
     per_trial = (
         "**Per-trial frontier — analyst-only diagnostics, not DP releases.** Validation "
@@ -194,299 +193,6 @@ def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
         "a choice the ε does not cover."
     )
     return {"search-adjusted": adjusted, "frontier": per_trial, "post-hoc": post_hoc}
-
-
-# --- renderings -----------------------------------------------------------------------------
-
-_GROUP_DISPLAY = [
-    ("test_worst_group_accuracy", "worst group"), ("test_group_gap", "group gap"),
-    ("test_worst_group_auc", "worst group AUC"), ("test_group_auc_gap", "group AUC gap"),
-]  # fmt: skip
-_FAIRNESS_DISPLAY = [
-    *_GROUP_DISPLAY,
-    ("baseline_test_score", "non-private test {m}"),
-    ("baseline_test_worst_group_accuracy", "non-private worst group"),
-    ("baseline_test_group_gap", "non-private group gap"),
-    ("baseline_test_worst_group_auc", "non-private worst group AUC"),
-    ("baseline_test_group_auc_gap", "non-private group AUC gap"),
-]  # fmt: skip
-"""Group columns and the non-private baseline's (analyst-only tables)."""
-_RELEASE_DISPLAY = [
-    ("budget", "budget ε"), ("search_epsilon", "search ε"), ("experiment", "experiment"),
-    ("trial_id", "trial"), ("val_score", "noisy val {m}"), ("test_score", "test {m}"),
-    ("test_auc", "test AUC"), ("test_worst_class_accuracy", "worst class"),
-    ("test_worst_label_auc", "worst finding"), *_GROUP_DISPLAY,
-]  # fmt: skip
-_DISPLAY = {
-    "search-adjusted": _RELEASE_DISPLAY,
-    "post-hoc": _RELEASE_DISPLAY,
-    "frontier": [
-        ("experiment", "experiment"), ("trial_id", "trial"), ("reported_epsilon", "trial ε"),
-        ("search_epsilon_to_release", "search ε to release"), ("val_score", "val {m}"),
-        ("test_score", "test {m}"), ("test_worst_class_accuracy", "worst class"),
-        ("test_class_gap", "class gap"), ("test_worst_label_auc", "worst finding"),
-        *_FAIRNESS_DISPLAY,
-    ],
-}  # fmt: skip
-_METRIC_NAMES = {"val_accuracy": "accuracy", "val_auc": "AUC"}
-_SHORT = {"val_accuracy": "acc", "val_auc": "AUC"}
-_EPSILON_COLUMNS = {"budget", "search_epsilon", "reported_epsilon", "search_epsilon_to_release"}
-
-
-def _display(report: Report, name: str) -> tuple[list[str], list[list[str]]]:
-    table = report.table(name)
-    if name in ("search-adjusted", "post-hoc") and (
-        "trial_id" not in table or table["trial_id"].isna().all()
-    ):
-        table = table.iloc[0:0]  # no budget releases a model: no table, a sentence instead
-    columns = [
-        (c, label)
-        for c, label in _DISPLAY[name]
-        if c in table and table[c].notna().any()
-        and not (c == "experiment" and len(report.experiments) == 1)
-    ]  # fmt: skip
-    if report.metric == "val_auc":  # test AUC is already the test score
-        columns = [(c, label) for c, label in columns if c != "test_auc"]
-    rows = [[_cell(c, row[c]) for c, _ in columns] for _, row in table.iterrows()]
-    short = _SHORT[report.metric]
-    if not all(e.privacy.validation == "dp" for e in report.experiments):
-        short += " (public set)" if all(e.privacy.validation == "public"
-                                         for e in report.experiments) else ""
-        columns = [(c, label.replace("noisy ", "")) for c, label in columns]
-    return [label.format(m=short) for _, label in columns], rows
-
-
-def _cell(column: str, value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if column in _EPSILON_COLUMNS:
-        return _eps(float(value))
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def _eps(value: float) -> str:
-    if not math.isfinite(value):
-        return "∞"
-    return f"{accounting.round_up(value, EPSILON_DIGITS):g}"
-
-
-def to_markdown(report: Report) -> str:
-    names = ", ".join(f"`{e.name}`" for e in report.experiments)
-    title = _METRIC_NAMES[report.metric].capitalize().replace("Auc", "AUC")
-    lines = [f"# {title} vs ε: {names}", ""]
-    if report.research:
-        lines += [f"**{RESEARCH[0].upper() + RESEARCH[1:]}.** Its sampling and noise can be "
-                  "replayed from known seeds, so no ε below holds against anyone who knows "
-                  "them.", ""]  # fmt: skip
-    lines += ["## DP release", ""]
-    for r in report.releases:
-        search = (
-            f"search ε = **{_eps(r['search_epsilon'])}** at δ = {r['delta']:g} "
-            f"({r['mode']}; covers {r['covers']})"
-        )
-        if r["trial_id"] is None:
-            lines.append(
-                f"- `{r['experiment']}`: no trial completed, nothing to release; {search}."
-            )
-            continue
-        test = (
-            ""
-            if r["test_score"] is None
-            else f", test {_METRIC_NAMES[r['metric']]} {r['test_score']:.4f}"
-        )
-        val = "" if r["val_score"] is None else f", noisy validation score {r['val_score']:.4f}"
-        lines.append(
-            f"- `{r['experiment']}`: selected trial `{r['trial_id']}`{val}{test}; {search}."
-        )
-    if report.all_experiments is not None:
-        eps, delta = report.all_experiments
-        lines.append(
-            f"- Best model across all {len(report.experiments)} experiments: ε = "
-            f"**{_eps(eps)}** at δ = {delta:g} (their searches composed)."
-        )
-    header, rows = _display(report, "search-adjusted")
-    lines += ["", "## Search-adjusted frontier", "", report.captions["search-adjusted"], ""]
-    lines += _markdown_table(header, rows)
-    lines += ["", "## Analyst-only diagnostics (not DP releases; do not publish)", ""]
-    lines.append(
-        "Exact figures of private data and single-trial ε: they reveal what the DP release "
-        "hides (e.g. the number of trials a random-stopping search ran)."
-    )
-    for r in report.releases:
-        if r["spent_epsilon"] is not None:
-            largest = r["largest_trial_epsilon"]
-            lines.append(
-                f"- `{r['experiment']}`: the ledger shows ε = {_eps(r['spent_epsilon'])} spent "
-                "(≤ the planned search ε; it depends on what the search did)"
-                + (f"; largest single-trial ε = {_eps(largest)}" if largest is not None else "")
-                + "."
-            )
-    for name, title in (("post-hoc", "Budgets chosen after the search"),
-                        ("frontier", "Per-trial frontier")):  # fmt: skip
-        header, rows = _display(report, name)
-        if name == "post-hoc" and not rows:
-            continue
-        lines += ["", f"### {title}", "", report.captions[name], ""]
-        lines += _markdown_table(header, rows)
-    if report.warnings:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    if not rows:
-        return ["(no completed trial)"]
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *["| " + " | ".join(row) + " |" for row in rows],
-    ]
-
-
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "ε": r"$\varepsilon$", "∞": r"$\infty$", "—": "--", "≤": r"$\leq$", "δ": r"$\delta$",
-    "σ": r"$\sigma$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "≥": r"$\geq$",
-    "*": "", "`": "",  # Markdown emphasis and code marks
-}  # fmt: skip
-
-
-def _latex(text: str) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-
-
-def to_latex(report: Report) -> str:
-    """One booktabs `table` (caption + `tabular`) per frontier."""
-    parts = ["% Generated by results/export.py; needs \\usepackage{booktabs}."]
-    for name, label in (("search-adjusted", "search-adjusted"), ("frontier", "per-trial")):
-        header, rows = _display(report, name)
-        if not rows:
-            parts += [f"% {label} frontier: no completed trial, no table.", ""]
-            continue
-        spec = "l" + "r" * (len(header) - 1)
-        parts += [
-            r"\begin{table}[t]",
-            r"\centering",
-            r"\caption{" + _latex(report.captions[name]) + "}",
-            r"\label{tab:" + label + "}",
-            r"\begin{tabular}{" + spec + "}",
-            r"\toprule",
-            " & ".join(_latex(h) for h in header) + r" \\",
-            r"\midrule",
-            *[" & ".join(_latex(c) for c in row) + r" \\" for row in rows],
-            r"\bottomrule",
-            r"\end{tabular}",
-            r"\end{table}",
-            "",
-        ]
-    return "\n".join(parts)
-
-
-def to_csv(report: Report, table: str | None = None) -> str:
-    """One table as CSV, or (None) the two frontiers stacked with a `table` column."""
-    if table is not None:
-        frame = _standing(_for_export(_full(report, table)), table, report)
-    else:
-        frame = pd.concat(
-            [
-                _standing(_for_export(report.adjusted), "search-adjusted", report),
-                _standing(_for_export(report.frontier), "frontier", report),
-            ],
-            ignore_index=True,
-        )
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    return buffer.getvalue()
-
-
-def to_json(report: Report, table: str | None = None) -> str:
-    """Everything (or one table) as JSON; non-finite numbers: ∞ → "inf", NaN → null."""
-    if table is not None:
-        frame = _standing(_full(report, table), table, report)
-        return json.dumps(_records(frame), indent=2) + "\n"
-    payload = {
-        "experiments": [
-            {
-                "name": e.name,
-                "path": str(e.path),
-                "plan": e.privacy.public_dict(),
-                "release": _clean(release),
-                "warnings": e.warnings,
-            }
-            for e, release in zip(report.experiments, report.releases, strict=True)
-        ],
-        "dp_releases": "experiments[].release and the search_adjusted rows whose standing "
-        "says DP release: the selected model, its noisy validation score, its test metrics "
-        "and its search ε",
-        "analyst_only": "per_trial_frontier, trials and post-hoc search_adjusted rows: exact "
-        "figures and trial ε (not for publication)",
-        "research_run": report.research,
-        "captions": report.captions,
-        "search_adjusted": _records(_standing(report.adjusted, "search-adjusted", report)),
-        "per_trial_frontier": _records(report.frontier),
-        "trials": _records(report.trials),
-    }
-    if report.all_experiments is not None:
-        payload["all_experiments"] = {
-            "epsilon": _clean(report.all_experiments[0]),
-            "delta": report.all_experiments[1],
-        }
-    return json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-
-
-def _full(report: Report, table: str) -> pd.DataFrame:
-    """A table with every row (the search-adjusted one with its post-hoc rows too)."""
-    return report.adjusted if table == "search-adjusted" else report.table(table)
-
-
-def _standing(frame: pd.DataFrame, table: str, report: Report) -> pd.DataFrame:
-    """`frame` with leading `table` and `standing` columns (see STANDING); a search-adjusted
-    row is a DP release only at a declared budget, and never in a research run."""
-    rest = [c for c in frame.columns if c not in ("table", "standing")]
-    if table == "search-adjusted" and "declared" in frame:
-        release = RESEARCH if report.research else STANDING["search-adjusted"]
-        standing = [release if d else STANDING["post-hoc"] for d in frame["declared"]]
-    else:
-        standing = STANDING[table]
-    return frame.assign(table=table, standing=standing)[["table", "standing", *rest]]
-
-
-def _for_export(frame: pd.DataFrame) -> pd.DataFrame:
-    """Lists and dicts as JSON strings (one cell each) for CSV."""
-    frame = frame.copy()
-    for column in frame.columns:
-        if frame[column].map(lambda v: isinstance(v, (list, dict))).any():
-            frame[column] = frame[column].map(
-                lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v
-            )
-    return frame
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return [_clean(row) for row in frame.to_dict(orient="records")]
-
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (ValueError, AttributeError):
-            pass
-    if value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
 
 
 def _number(value) -> float | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,8 +18,7 @@ import numpy as np
 import accounting
 import spaces
 from spaces import Choice, IntUniform
-from trainers import check_runnable, make_config, plan_mechanism
-from trainers.data import load_splits
+from trainers import check_runnable, load_splits, make_config, plan_mechanism
 
 PLAN_FILENAME = accounting.PLAN_FILENAME
 
@@ -72,22 +70,12 @@ class SearchPlan:
     def distribution(self) -> accounting.TrialsDistribution | None:
         return self.privacy.distribution
 
-    def search_epsilon(self, records) -> accounting.SearchEpsilon:
-        """The search ε of this plan given the ledger's records (see SearchPrivacyPlan)."""
-        return self.privacy.search_epsilon(accounting.reduce_ledger(records))
-
     def to_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "privacy"}
         return {"search": values, "privacy": self.privacy.to_dict()}
 
     def save(self, directory: Path) -> None:
-        path = directory / PLAN_FILENAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        accounting.write_atomically(directory / PLAN_FILENAME, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> SearchPlan:

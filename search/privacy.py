@@ -24,10 +24,10 @@ import sys
 from dp_accounting import dp_event
 
 import accounting
-from accounting.ledger import PrivacyLedger
-from accounting.search import (
+from accounting import (
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
+    PrivacyLedger,
     TrialsDistribution,
     max_trials,
     plan_noise_multiplier,
@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     mech.add_argument("--noise-multiplier", type=float, metavar="S", help="σ (absent: calibrate)")
     mech.add_argument("--steps", type=int, metavar="T", help="noisy steps per trial")
     parser.add_argument(
-        "--delta", type=float, metavar="D",
+        "--delta",
+        type=float,
+        metavar="D",
         help="δ, e.g. 1e-5 (with --ledger of an experiment directory: read from its plan)",
     )
     parser.add_argument("--accountant", choices=accounting.ACCOUNTANTS, default="rdp")

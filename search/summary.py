@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from results import build_report, load_experiment, to_markdown
-from results.export import write_exports
-from results.report import Report
+from results import Report, build_report, load_experiment, to_markdown, write_exports
 
 
 def summarize(experiment_dir: Path) -> tuple[Report, str]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import accounting
-from accounting.ledger import LedgerRecord, PrivacyLedger
+from accounting import LedgerRecord, PrivacyLedger
 from trainers import make_config, plan_mechanism, planned_steps, train
 
 CHECKPOINT_FILE = "state.pt"
@@ -153,7 +153,9 @@ def _reserve(ledger, trial_id, attempt, config, plan, state) -> bool:
         return True
     ledger.append(
         dataclasses.replace(
-            start, status="stopped", planned_steps=restored_steps,
+            start,
+            status="stopped",
+            planned_steps=restored_steps,
             planned_val_releases=restored_releases,
         )  # fmt: skip
     )

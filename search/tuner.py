@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 import accounting
-from accounting.ledger import PrivacyLedger
+from accounting import PrivacyLedger
 from search.plan import SearchPlan, searched_space
 from search.trial import run_trial
 from spaces import Choice, IntUniform, LogUniform, Uniform
@@ -84,7 +84,7 @@ def build_tuner(
             # A trial process's start (Python, torch, the project) costs 4-5 s, most of a
             # small trial: let one process run trial after trial. Nothing carries over: a
             # trial seeds every generator it uses from its config (same seed, same numbers
-            # in one process: tests/test_trainer.py).
+            # in one process: tests/trainers/test_trainer.py).
             reuse_actors=True,
             metric=plan.metric if single_metric else None,
             mode="max" if single_metric else None,

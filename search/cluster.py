@@ -1,0 +1,62 @@
+"""The Ray cluster a search runs on: join one (`--address`), or start the embedded local one
+with its dashboard (bound to 127.0.0.1 unless asked otherwise)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from search.plan import SearchError
+
+DASHBOARD_PORT = 8265
+
+
+def start_ray(*, address: str | None, num_cpus: int | None, dashboard_host: str) -> None:
+    """Join the cluster at `address`, or start a local one with `num_cpus` and the dashboard."""
+    import ray  # slow to import: only a search that runs trials pays for it
+
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0][:160]
+            raise no_cluster(address, reason) from None
+        print(f"Joined the Ray cluster at {address}.")
+        return
+    if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: the Ray dashboard listens on {dashboard_host}, reachable from other "
+            "machines; its API still requires the token in ~/.ray/auth_token.",
+            file=sys.stderr,
+        )
+    context = ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host=dashboard_host,
+        dashboard_port=DASHBOARD_PORT,
+    )
+    url = context.dashboard_url
+    if url:
+        print(
+            f"Ray dashboard: http://{url} (token auth: send 'Authorization: Bearer "
+            "$(cat ~/.ray/auth_token)', or open the URL and paste the token)"
+        )
+
+
+def check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes: try its port once, briefly, first."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return  # "auto" reads the local cluster's address file; clients have their own timeout
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=10).close()
+    except OSError as error:
+        raise no_cluster(address, error.strerror or str(error)) from None
+
+
+def no_cluster(address: str, reason: str) -> SearchError:
+    return SearchError(
+        f"cannot reach a Ray cluster at {address} ({reason}); start it with `ray start "
+        "--head`, check the address, or drop --address to run locally."
+    )
