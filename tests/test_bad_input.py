@@ -18,10 +18,8 @@ from accounting.ledger import LedgerRecord, PrivacyLedger
 from results.export import main as export_main
 from search.privacy import main as privacy_main
 from search.run import main as search_main
+from tests.helpers import CHEAP_1, assert_one_sentence_error, make_experiment, run
 from trainers.__main__ import main as trainer_main
-
-from .test_cli import assert_one_sentence_error, run
-from .test_results import CHEAP_1, make_experiment
 
 TINY = [
     "--space", "fmnist_quick",

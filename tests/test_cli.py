@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import spaces
-
-from .conftest import ROOT, needs_fashion_mnist
-
-
-def run(*args, timeout=300):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def assert_one_sentence_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.stderr
+from tests.helpers import ROOT, needs_fashion_mnist, run
 
 
 def test_search_help_documents_space():
@@ -101,3 +86,37 @@ def test_non_private_epsilon_is_written_as_null_not_infinity(tmp_path):
     text = (tmp_path / "metrics.json").read_text()
     assert "Infinity" not in text and json.loads(text)["epsilon"] is None
     assert "not private" in result.stdout
+
+
+def test_installed_commands_are_the_documented_scripts():
+    # pyproject's [project.scripts]: each command on the venv's PATH runs the program the
+    # README names (the same options as that script's parser). Started at once: each is a
+    # cold Python start.
+    import results.export
+    import search.arguments
+    import search.privacy
+    import trainers.__main__
+
+    parsers = {
+        "dp-search": search.arguments.build_parser(),
+        "dp-search-privacy": search.privacy._parser(),
+        "dp-export": results.export._parser(),
+        "dp-train": trainers.__main__._parser(),
+    }
+    bin_dir = Path(sys.executable).parent
+    running = {
+        command: subprocess.Popen(
+            [str(bin_dir / command), "--help"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for command in parsers
+    }
+    for command, process in running.items():
+        stdout, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, command
+        options = {word.strip(",[]") for word in stdout.split() if word.startswith("--")}
+        expected = {
+            word.strip(",[]")
+            for word in parsers[command].format_help().split()
+            if word.startswith("--")
+        }
+        assert options and options == expected, command

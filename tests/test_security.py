@@ -1,6 +1,6 @@
 """Security: no pickle code runs from a checkpoint or weights file, no private data or secret
 reaches the outputs, and every output says which numbers are DP releases. (The dashboard's
-binding and token: tests/test_search_ray.py::test_dashboard_requires_the_token.)"""
+binding and token: tests/search/test_search_ray.py::test_dashboard_requires_the_token.)"""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import CHEAP_1, COSTLY, ROOT, make_experiment, run, tiny
 from trainers import make_config
 from trainers.features import _load as load_feature_cache
-
-from .conftest import ROOT, tiny
-from .test_cli import run
-from .test_results import CHEAP_1, COSTLY, make_experiment
 
 PROJECT_DIRS = ("accounting", "search", "trainers", "results", "spaces", "benchmarks")
 
@@ -75,18 +72,6 @@ def test_trial_outputs_hold_aggregates_only(tmp_path):
     for line in (tmp_path / "privacy_ledger.jsonl").read_text().splitlines():
         assert not list(lists(json.loads(line)))  # mechanism only: q, σ, steps, status
     assert len(result.stdout) + len(result.stderr) < 20_000  # progress lines, no dumps
-
-
-def assert_token_absent(result, experiment_dir: Path) -> None:
-    """The Ray token (a secret) is in none of a search's output: its stdout and stderr and
-    every file of its experiment directory (called by a real search's test in
-    tests/test_search_ray.py)."""
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    assert len(token) >= 16
-    assert token not in result.stdout and token not in result.stderr
-    for path in experiment_dir.rglob("*"):
-        if path.is_file():
-            assert token.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.parametrize("fmt", ["markdown", "latex", "csv", "json"])

@@ -2,7 +2,7 @@
 driver killed mid-search then resumed, the experiment directory filling up or turning
 read-only mid-search. In each: the search ends cleanly, and the privacy ledger stays parseable
 and counts every step that ran — once. (Damaged ledgers and result files on load: see
-tests/test_ledger.py and tests/test_results.py.)"""
+tests/accounting/test_ledger.py and tests/results/test_loading_and_frontiers.py.)"""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import pytest
 
 import accounting
 from accounting.ledger import latest_status, read_ledger
+from tests.helpers import ROOT, TINY, search
 
-from .conftest import ROOT
-from .test_search_ray import TINY, search
+pytestmark = pytest.mark.slow  # real Ray searches with injected faults
 
 # Three trials of three epochs of four steps (256 synthetic examples, batch 64), two at a time.
 TRIALS = 3

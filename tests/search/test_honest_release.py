@@ -17,11 +17,9 @@ import torch
 import accounting
 import results
 from search.plan import make_plan
+from tests.helpers import CHEAP_1, CHEAP_2, COSTLY, make_experiment, tiny
 from trainers import make_config, train
 from trainers.validation import release_validation
-
-from .conftest import tiny
-from .test_results import CHEAP_1, CHEAP_2, COSTLY, make_experiment
 
 SYNTHETIC = {"dataset": "synthetic", "synthetic_examples": 320, "validation_fraction": 0.2,
              "batch_size": 64, "delta": 1e-4}  # fmt: skip

@@ -8,8 +8,7 @@ import pytest
 
 from accounting import dp_sgd_event, epsilon
 from accounting.ledger import LedgerRecord, PrivacyLedger
-
-from .test_cli import assert_one_sentence_error, run
+from tests.helpers import assert_one_sentence_error, run
 
 DE_ET_AL = ["--sample-rate", str(4096 / 50_000), "--steps", "875", "--delta", "1e-5"]
 
@@ -123,8 +122,7 @@ def test_ledger_audit_reads_the_plan_and_equals_the_results_layer(tmp_path, mode
     """Before, `--ledger` took mode, δ and K's distribution from flags: on a random-stopping
     search it printed 5.23 where the search cost 7.64. Now it reads the plan."""
     import results
-
-    from .test_results import CHEAP_1, COSTLY, make_experiment
+    from tests.helpers import CHEAP_1, COSTLY, make_experiment
 
     extra = {}
     if mode == "random-stopping":

@@ -4,10 +4,7 @@ resume after the driver is killed. Tiny synthetic data keeps each search to seco
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,29 +15,9 @@ import pytest
 
 import accounting
 from accounting.ledger import latest_status, read_ledger
+from tests.helpers import TINY, assert_token_absent, search, search_epsilon
 
-from .conftest import ROOT
-from .test_security import assert_token_absent
-
-TINY = [
-    "--space", "fmnist_quick",
-    "--set", "dataset=synthetic", "--set", "synthetic_examples=320",
-    "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "delta=1e-4",
-]  # fmt: skip
-
-
-def search(*args, timeout=420, **kwargs):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "search/run.py", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env=env, **kwargs,
-    )  # fmt: skip
-
-
-def search_epsilon(directory: Path) -> accounting.SearchEpsilon:
-    """The search's ε from its plan and its ledger alone (`spent`: what the ledger shows)."""
-    plan = accounting.SearchPrivacyPlan.load(directory)
-    return plan.search_epsilon(accounting.reduce_ledger(read_ledger(directory)))
+pytestmark = pytest.mark.slow  # real Ray clusters
 
 
 def test_composition_search_with_budget_and_asha(tmp_path):

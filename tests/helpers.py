@@ -1,0 +1,183 @@
+"""What many test modules share: tiny configurations, the command-line runners, hand-made
+experiment directories and the clipping reference. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import accounting
+from accounting import LedgerRecord, PrivacyLedger, read_ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+DELTA = 1e-5
+
+
+N = 1000
+
+
+TINY = [
+    "--space", "fmnist_quick",
+    "--set", "dataset=synthetic", "--set", "synthetic_examples=320",
+    "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "delta=1e-4",
+]  # fmt: skip
+
+
+CHEAP_1 = dict(id="a", q=0.01, sigma=1.0, steps=100, status="completed", start=10, end=20, val=0.60)
+
+
+COSTLY = dict(id="b", q=0.05, sigma=0.8, steps=300, status="completed", start=11, end=40, val=0.90)
+
+
+CHEAP_2 = dict(id="c", q=0.01, sigma=1.0, steps=100, status="completed", start=30, end=50, val=0.70)
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST IDX files missing: apt-get install -y dataset-fashion-mnist "
+    "(.ci/run installs them, so CI never skips this)",
+)
+
+
+def tiny(**overrides):
+    """Keyword arguments of a `TrainConfig` for a seconds-long synthetic trial."""
+    values = {
+        "dataset": "synthetic",
+        "synthetic_examples": 320,
+        "synthetic_image_size": 16,
+        "validation_fraction": 0.2,
+        "model": "tramer_boneh_cnn",
+        "batch_size": 64,
+        "max_physical_batch_size": 32,
+        "epochs": 2,
+        "learning_rate": 0.5,
+        "momentum": 0.9,
+        "max_grad_norm": 1.0,
+        "target_epsilon": 8.0,
+        "delta": 1e-4,
+    }
+    values.update(overrides)
+    return values
+
+
+def microbatch_gradients(model, images, labels, views: int = 1):
+    """The reference for every clipping test: each example's gradient from its own backward
+    passes (the mean over its `views` rows i·K … i·K+K−1), flattened over the trainable
+    parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = []
+    for i in range(len(labels)):
+        grads = []
+        for k in range(views):
+            model.zero_grad()
+            row = i * views + k
+            F.cross_entropy(model(images[row : row + 1]), labels[i : i + 1]).backward()
+            grads.append(
+                torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+            )
+        rows.append(torch.stack(grads).mean(0))
+    return torch.stack(rows)
+
+
+def run(*args, timeout=300):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def assert_one_sentence_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and fragment in lines[-1], result.stderr
+
+
+def search(*args, timeout=420, **kwargs):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "search/run.py", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def search_epsilon(directory: Path) -> accounting.SearchEpsilon:
+    """The search's ε from its plan and its ledger alone (`spent`: what the ledger shows)."""
+    plan = accounting.SearchPrivacyPlan.load(directory)
+    return plan.search_epsilon(accounting.reduce_ledger(read_ledger(directory)))
+
+
+def make_experiment(
+    directory: Path,
+    trials: list[dict],
+    *,
+    mode: str = "composition",
+    searcher: str = "optuna",
+    scheduler: str = "fifo",
+    **plan_extra,
+) -> Path:
+    """An experiment directory as `search/run.py` leaves it, from trial descriptions:
+    {id, q, sigma, steps, status, start (first report time), end, val, test, config…}."""
+    directory.mkdir(parents=True)
+    # The plan search/run.py writes: every mechanism a trial may run (here: the trials' own),
+    # as many trials as ran, the declared budgets.
+    candidates = sorted({(t["q"], t["sigma"], t["steps"]) for t in trials if t["sigma"] > 0})
+    plan = accounting.SearchPrivacyPlan(**{
+        "mode": mode, "delta": DELTA, "num_trials": max(len(trials), 1),
+        "candidates": tuple(accounting.Mechanism(sample_rate=q, noise_multiplier=s, steps=n)
+                            for q, s, n in candidates),
+        "adaptive": not (searcher == "random" and scheduler == "fifo"),
+        "validation": "dp", "val_noise_multiplier": 20.0, **plan_extra,
+    })  # fmt: skip
+    search = {"space": "hand_made", "n_train": N, "searcher": searcher, "scheduler": scheduler,
+              "seed": 0, "fixed": {}}  # fmt: skip
+    (directory / "search.json").write_text(
+        json.dumps({"search": search, "privacy": plan.to_dict()})
+    )
+    ledger = PrivacyLedger(directory)
+    for t in trials:
+        common = dict(
+            trial_id=t["id"], attempt="a1", sample_rate=t["q"], noise_multiplier=t["sigma"]
+        )
+        half = t["steps"] // 2
+        ledger.append(LedgerRecord(**common, steps=half, status="running", time=t["start"]))
+        ledger.append(LedgerRecord(**common, steps=t["steps"], status=t["status"], time=t["end"]))
+        folder = directory / f"dp_trial_{t['id']}_lr=0.1"
+        folder.mkdir()
+        config = t.get("config", {"learning_rate": 0.1})
+        (folder / "params.json").write_text(json.dumps(config))
+        last = {
+            "trial_id": t["id"], "done": t["status"] == "completed", "steps": t["steps"],
+            "val_accuracy": t["val"], "test_accuracy": t.get("test", t["val"] - 0.01),
+            "test_class_accuracy": json.dumps(t.get("classes", [0.9, 0.5])),
+            "config": config,
+        }  # fmt: skip
+        if "groups" in t:
+            last["test_group_accuracy"] = json.dumps(t["groups"])
+        (folder / "result.json").write_text(json.dumps({"trial_id": t["id"]}) + "\n" +
+                                            json.dumps(last) + "\n")  # fmt: skip
+    return directory
+
+
+def assert_token_absent(result, experiment_dir: Path) -> None:
+    """The Ray token (a secret) is in none of a search's output: its stdout and stderr and
+    every file of its experiment directory (called by a real search's test in
+    tests/search/test_search_ray.py)."""
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    assert len(token) >= 16
+    assert token not in result.stdout and token not in result.stderr
+    for path in experiment_dir.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
