@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import accounting
+import results
 
-import accounting  # noqa: E402
-import results  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_search(storage: Path, name: str, space: str, samples: int) -> dict:

@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from accounting import latest_status, read_ledger
 
-from accounting.ledger import latest_status, read_ledger  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 TINY = [
     "--space", "fmnist_quick", "--set", "dataset=synthetic", "--set", "synthetic_examples=160",
