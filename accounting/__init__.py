@@ -28,6 +28,7 @@ from accounting.mechanism import (
     dp_sgd_schedule,
     epsilon,
     round_up,
+    trial_event,
     validation_event,
 )
 from accounting.plan import (
@@ -38,21 +39,17 @@ from accounting.plan import (
     SearchPrivacyPlan,
     show_epsilon,
 )
+from accounting.rdp_curves import ParallelCurve, RdpCurve, calibrate_curve
+from accounting.search_budget import max_trials, plan_noise_multiplier
 from accounting.selection import (
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
-    ParallelCurve,
-    RdpCurve,
     SearchEpsilon,
     TrialsDistribution,
-    calibrate_curve,
-    max_trials,
     parallel_search_curve,
-    plan_noise_multiplier,
     repeat_and_select_curve,
     repeat_and_select_epsilon,
     search_epsilon,
-    trial_event,
 )
 
 __all__ = [

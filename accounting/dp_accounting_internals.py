@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant as _rdp_lib
 
-from accounting.mechanism import _quiet_dp_accounting
+from accounting.mechanism import quiet_dp_accounting
 
 
 def repeat_and_select_rdp(
@@ -49,7 +49,7 @@ def repeat_and_select_rdp(
     computes for `RepeatAndSelectDpEvent`, for any curve rather than one event's."""
     orders = np.asarray(orders, dtype=np.float64)
     rdp = np.asarray(rdp, dtype=np.float64)
-    with _quiet_dp_accounting():
+    with quiet_dp_accounting():
         selected = _rdp_lib._compute_rdp_repeat_and_select(orders, rdp, float(mean), float(shape))
     return np.asarray(selected, dtype=np.float64)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from dp_accounting import dp_event
 
-from accounting.mechanism import AccountingError, validation_event
-from accounting.selection import ParallelCurve, trial_event
+from accounting.mechanism import AccountingError, trial_event, validation_event
+from accounting.rdp_curves import ParallelCurve
 
 log = logging.getLogger(__name__)
 

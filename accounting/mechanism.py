@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -29,7 +29,7 @@ _PLD_DISCRETIZATION = 1e-4
 
 
 @contextlib.contextmanager
-def _quiet_dp_accounting():
+def quiet_dp_accounting():
     """Silence dp_accounting's per-order convergence warnings.
 
     NOTE: the RDP accountant drops a Rényi order whose series fails to converge and takes the
@@ -49,7 +49,7 @@ class AccountingError(ValueError):
     """A privacy parameter is impossible; the message says which and what to do."""
 
 
-def _check_delta(delta: float) -> None:
+def check_delta(delta: float) -> None:
     if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
         raise AccountingError(
             f"delta must lie strictly between 0 and 1 (got {delta!r}); a common choice is 1e-5, "
@@ -57,7 +57,7 @@ def _check_delta(delta: float) -> None:
         )
 
 
-def _check_accountant(accountant: str) -> None:
+def check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
         raise AccountingError(
             f"unknown accountant {accountant!r}; choose one of: {', '.join(ACCOUNTANTS)}."
@@ -90,6 +90,29 @@ def dp_sgd_event(*, sample_rate: float, noise_multiplier: float, steps: int) -> 
         dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)),
         int(steps),
     )
+
+
+def trial_event(parts: Sequence[tuple[float, float, int]]) -> dp_event.DpEvent:
+    """One trial's executed mechanism from its (sample_rate, noise_multiplier, steps) parts.
+
+    A trial normally has one part; retries with changed settings add more. σ = 0 means the
+    trial ran without privacy: its ε is ∞, and so is that of any search containing it.
+    """
+    events = []
+    for sample_rate, noise_multiplier, steps in parts:
+        if steps == 0:
+            continue
+        if noise_multiplier == 0:
+            events.append(dp_event.NonPrivateDpEvent())
+        else:
+            events.append(
+                dp_sgd_event(
+                    sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps
+                )
+            )
+    if not events:
+        return dp_event.NoOpDpEvent()
+    return events[0] if len(events) == 1 else dp_event.ComposedDpEvent(events)
 
 
 @dataclass(frozen=True)
@@ -154,8 +177,8 @@ def _make_accountant(accountant: str, *, calibrating: bool = False):
 
 def epsilon(event: dp_event.DpEvent, *, delta: float, accountant: str = "rdp") -> float:
     """ε of `event` at `delta` with the chosen accountant (an upper bound, never rounded down)."""
-    _check_delta(delta)
-    _check_accountant(accountant)
+    check_delta(delta)
+    check_accountant(accountant)
     # Events are immutable values and their repr spells out every parameter: a search's
     # report asks for the same trials' ε many times.
     key = (repr(event), float(delta), accountant)
@@ -166,7 +189,7 @@ def epsilon(event: dp_event.DpEvent, *, delta: float, accountant: str = "rdp") -
         raise AccountingError(
             f"the {accountant} accountant cannot express this mechanism; use accountant=rdp."
         )
-    with _quiet_dp_accounting():
+    with quiet_dp_accounting():
         value = float(acc.compose(event).get_epsilon(delta))
     if len(_EPSILON_CACHE) > _CACHE_SIZE:
         _EPSILON_CACHE.clear()
@@ -221,8 +244,8 @@ def calibrate_noise(
     `calibrate_dp_mechanism`, with the result re-checked so that ε(σ) ≤ target_epsilon always.
     `make_event` must give an ε that falls as σ grows.
     """
-    _check_delta(delta)
-    _check_accountant(accountant)
+    check_delta(delta)
+    check_accountant(accountant)
     if not (target_epsilon > 0.0 and math.isfinite(target_epsilon)):
         raise AccountingError(
             f"target_epsilon must be a positive finite number (got {target_epsilon!r})."
@@ -255,7 +278,7 @@ def calibrate_noise(
             return lowest_sigma
         bracket = mechanism_calibration.LowerEndpointAndGuess(lowest_sigma, 1.0)
     try:
-        with _quiet_dp_accounting():
+        with quiet_dp_accounting():
             sigma = mechanism_calibration.calibrate_dp_mechanism(
                 lambda: _make_accountant(accountant, calibrating=True),
                 make_event,

@@ -23,15 +23,14 @@ from typing import Any
 import numpy as np
 
 from accounting.ledger import TrialAccount
-from accounting.mechanism import AccountingError, round_up, validation_event
+from accounting.mechanism import AccountingError, round_up, trial_event, validation_event
+from accounting.rdp_curves import ParallelCurve
 from accounting.selection import (
     SEARCH_COVERS,
     SEARCH_MODES,
-    ParallelCurve,
     SearchEpsilon,
     TrialsDistribution,
     parallel_search_curve,
-    trial_event,
 )
 
 PLAN_FILENAME = "search.json"

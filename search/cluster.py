@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import sys
 
-from search.plan import SearchError
+from search.errors import SearchError
 
 DASHBOARD_PORT = 8265
 

@@ -25,7 +25,7 @@ from accounting.dp_accounting_internals import (
     repeat_and_select_rdp,
     truncated_negative_binomial_gamma,
 )
-from accounting.selection import RdpCurve
+from accounting.rdp_curves import RdpCurve
 from tests.helpers import ROOT
 
 VERSION = metadata.version("dp-accounting")

@@ -23,7 +23,7 @@ from accounting import (
     reduce_ledger,
     validation_event,
 )
-from accounting.selection import calibrate_curve
+from accounting.rdp_curves import calibrate_curve
 
 DELTA = 1e-5
 

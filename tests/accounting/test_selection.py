@@ -13,15 +13,10 @@ from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from accounting import AccountingError, dp_sgd_event, epsilon
-from accounting.selection import (
-    TrialsDistribution,
-    _pointwise_max_rdp,
-    max_trials,
-    plan_noise_multiplier,
-    repeat_and_select_epsilon,
-    search_epsilon,
-    trial_event,
-)
+from accounting.mechanism import trial_event
+from accounting.rdp_curves import pointwise_max_rdp
+from accounting.search_budget import max_trials, plan_noise_multiplier
+from accounting.selection import TrialsDistribution, repeat_and_select_epsilon, search_epsilon
 
 DE_ET_AL = {"sample_rate": 4096 / 50_000, "noise_multiplier": 10.0, "steps": 875}
 
@@ -146,9 +141,9 @@ def test_pointwise_max_extension_equals_the_library_on_identical_trials(distribu
 def test_pointwise_max_dominates_each_candidate_and_is_attained():
     small = dp_sgd_event(sample_rate=0.01, noise_multiplier=2.0, steps=100)
     large = dp_sgd_event(sample_rate=0.05, noise_multiplier=0.8, steps=2000)
-    orders, curve = _pointwise_max_rdp([small, large])
-    _, small_curve = _pointwise_max_rdp([small])
-    _, large_curve = _pointwise_max_rdp([large])
+    orders, curve = pointwise_max_rdp([small, large])
+    _, small_curve = pointwise_max_rdp([small])
+    _, large_curve = pointwise_max_rdp([large])
     assert np.all(curve >= small_curve) and np.all(curve >= large_curve)
     assert np.all((curve == small_curve) | (curve == large_curve))
     distribution = TrialsDistribution(kind="geometric", mean=5)
