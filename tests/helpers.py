@@ -70,6 +70,24 @@ def tiny(**overrides):
     return values
 
 
+def fast_clipped(model, images, labels, views, clip):
+    """The fast engine's per-example norms and clipped sums (flattened over every parameter)
+    of one batch: what the clipping tests compare with `microbatch_gradients`."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainers.fast_clipping import FastClipper, forward_with_input_grad
+
+    clipper = FastClipper(model, clip)
+    output = forward_with_input_grad(model, images)
+    losses = F.cross_entropy(output, labels.repeat_interleave(views), reduction="none")
+    clipper.backward(losses, views)
+    sums = clipper.take_sums()
+    clipper.close()
+    summed = torch.cat([sums.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
+    return clipper.last_norms, summed
+
+
 def microbatch_gradients(model, images, labels, views: int = 1):
     """The reference for every clipping test: each example's gradient from its own backward
     passes (the mean over its `views` rows i·K … i·K+K−1), flattened over the trainable

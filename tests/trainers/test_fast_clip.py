@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import microbatch_gradients, tiny
+from tests.helpers import fast_clipped, microbatch_gradients, tiny
 from trainers import TrainerError, make_config, train
 from trainers.fast_clipping import (
     FastClipper,
@@ -28,17 +28,6 @@ MODELS = [
     ("test_nfnet", 3, 32),  # grouped ScaledStdConv2dSame with gains, SE convs, skip-init gains
     ("test_resnet", 3, 32),  # BatchNorm → GroupNorm, in-place residual adds
 ]
-
-
-def fast(model, images, labels, views, clip):
-    clipper = FastClipper(model, clip)
-    output = forward_with_input_grad(model, images)
-    clipper.backward(F.cross_entropy(output, labels.repeat_interleave(views), reduction="none"),
-                     views)  # fmt: skip
-    sums = clipper.take_sums()
-    clipper.close()
-    summed = torch.cat([sums.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
-    return clipper.last_norms, summed
 
 
 def model_for(name, channels, size, seed=0):
@@ -59,7 +48,7 @@ def test_norms_and_clipped_sum_match_microbatch_reference(name, channels, size, 
     per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
     norms = per_example.norm(dim=1)
     clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
-    got_norms, summed = fast(model, images, labels, views, clip)
+    got_norms, summed = fast_clipped(model, images, labels, views, clip)
     torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
@@ -113,7 +102,7 @@ def test_same_padded_convs_match_the_microbatch_reference():
     labels = torch.tensor([0, 1, 2, 0])
     per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
     clip = float(per_example.norm(dim=1).median())
-    norms, summed = fast(model, images, labels, 1, clip)
+    norms, summed = fast_clipped(model, images, labels, 1, clip)
     torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-6, atol=1e-12)
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-6,
@@ -127,7 +116,7 @@ def test_zero_gradients_give_zero_norms_and_nothing_to_clip():
     images = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
     labels = torch.tensor([0, 1, 2, 3])
     per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
-    norms, summed = fast(model, images, labels, 1, clip=100.0)
+    norms, summed = fast_clipped(model, images, labels, 1, clip=100.0)
     torch.testing.assert_close(norms, per_example.norm(dim=1))
     torch.testing.assert_close(summed, per_example.sum(0))  # far below C: unclipped sum
 
@@ -141,7 +130,7 @@ def test_zero_conv_gain_uses_the_exact_fallback():
     images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
     labels = torch.tensor([1, 2, 3])
     per_example = microbatch_gradients(copy.deepcopy(model), images, labels)
-    norms, _ = fast(model, images, labels, 1, clip=1.0)
+    norms, _ = fast_clipped(model, images, labels, 1, clip=1.0)
     torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-5, atol=1e-12)
 
 

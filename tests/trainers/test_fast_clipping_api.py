@@ -13,29 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import ROOT, microbatch_gradients
+from tests.helpers import ROOT, fast_clipped, microbatch_gradients
 from trainers.fast_clipping import (
     FastClipper,
     LayerHandler,
     fast_clipping_unsupported,
-    forward_with_input_grad,
     make_private,
     register_layer,
 )
 from trainers.fast_clipping import registry as fast_registry
 from trainers.models import ScalarGain
-
-
-def fast(model, images, labels, views, clip):
-    clipper = FastClipper(model, clip)
-    output = forward_with_input_grad(model, images)
-    clipper.backward(F.cross_entropy(output, labels.repeat_interleave(views), reduction="none"),
-                     views)  # fmt: skip
-    sums = clipper.take_sums()
-    clipper.close()
-    summed = torch.cat([sums.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
-    return clipper.last_norms, summed
-
 
 # --- the registry ---------------------------------------------------------------------------
 
@@ -80,7 +67,7 @@ def _check_against_reference(model, views=1, batch=4):
     labels = torch.arange(batch) % 3
     per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
     clip = float(per_example.norm(dim=1).median())
-    norms, summed = fast(model, images, labels, views, clip)
+    norms, summed = fast_clipped(model, images, labels, views, clip)
     torch.testing.assert_close(norms, per_example.norm(dim=1), rtol=1e-6, atol=1e-12)
     factors = (clip / (norms + 1e-6)).clamp(max=1.0)
     torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-6,
