@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,15 +193,31 @@ def _load_tune_results(path: Path, warnings: list[str]) -> dict[str, dict]:
                     damaged += 1
         if damaged:
             warnings.append(f"{folder.name}/result.json: {damaged} unreadable line(s) skipped")
+        failed = (folder / "error.txt").exists()
         if last is None:
             warnings.append(f"trial folder {folder.name} has no results (it never reported)")
+            # Its configuration is still known: keep it (a folder with reports wins).
+            trial_id = _trial_id_from_folder(folder.name)
+            config = _read_json(folder / "params.json")
+            if trial_id and isinstance(config, dict) and trial_id not in rows:
+                rows[trial_id] = {"config": config, "failed": failed, "never_reported": True}
             continue
         trial_id = str(last.get("trial_id") or folder.name)
         config = last.get("config")
         if not isinstance(config, dict):
             config = _read_json(folder / "params.json") or {}
-        rows[trial_id] = {**last, "config": config, "failed": (folder / "error.txt").exists()}
+        rows[trial_id] = {**last, "config": config, "failed": failed}
     return rows
+
+
+# Tune names a trial's folder "<trainable>_<trial id>_<index>_<config>_<date>"; a trial id is
+# the experiment's hex prefix and a five-digit counter.
+_TRIAL_FOLDER = re.compile(r"^.+?_([0-9a-f]+_\d{5})_\d+_")
+
+
+def _trial_id_from_folder(name: str) -> str | None:
+    match = _TRIAL_FOLDER.match(name)
+    return match.group(1) if match else None
 
 
 def _read_json(path: Path):
@@ -266,7 +283,8 @@ def _trial_table(path, privacy, records, tune_rows, warnings) -> pd.DataFrame:
                 row[column] = tune[column]
         if "val_accuracy" not in row and "val_auc" not in row and trial_id in fallback:
             row.update(fallback[trial_id])
-        if not tune and trial_id not in fallback and row["status"] != "stopped":
+        reported = bool(tune) and not tune.get("never_reported")
+        if not reported and trial_id not in fallback and row["status"] != "stopped":
             warnings.append(f"trial {trial_id} is in the ledger but has no results")
         rows.append(row)
 
@@ -301,7 +319,7 @@ def _trial_table(path, privacy, records, tune_rows, warnings) -> pd.DataFrame:
 
 
 def _tune_status(tune: dict) -> str:
-    if not tune:
+    if not tune or tune.get("never_reported"):
         return "failed"
     return "completed" if tune.get("done") else "stopped"
 

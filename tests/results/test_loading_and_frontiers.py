@@ -268,6 +268,22 @@ def test_damaged_directory_loads_with_warnings_that_name_what_is_missing(tmp_pat
     results.build_report(experiment)  # and it still reports
 
 
+def test_trial_that_never_reported_keeps_its_configuration_and_ledger_status(tmp_path):
+    # A driver killed after a trial's ledger said "completed" but before Tune saved its
+    # results: the resumed search does not re-run it, and its folder has only params.json.
+    trial = {**CHEAP_1, "id": "e399d_00002", "config": {"learning_rate": 0.25}}
+    directory = make_experiment(tmp_path / "e", [CHEAP_2, trial], searcher="random")
+    next(directory.glob("dp_trial_e399d_00002_*")).rename(
+        directory / "dp_trial_e399d_00002_2_learning_rate=0.25_2026-12-02_16-10-27"
+    )
+    (next(directory.glob("dp_trial_e399d_00002_*")) / "result.json").write_text("")
+    experiment = results.load_experiment(directory)
+    row = experiment.trials.set_index("trial_id").loc["e399d_00002"]
+    assert row["config/learning_rate"] == 0.25 and row["status"] == "completed"
+    assert math.isnan(row["val_accuracy"])  # no score is made up
+    assert any("e399d_00002 is in the ledger but has no results" in w for w in experiment.warnings)
+
+
 def test_trial_without_ledger_records_counts_as_infinite(tmp_path):
     directory = make_experiment(tmp_path / "e", [CHEAP_1], searcher="random")
     ghost = directory / "dp_trial_ghost"

@@ -153,6 +153,17 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+def remount_read_only(mount_point: Path) -> None:
+    """The kernel refuses (EBUSY) while a file there is open for writing, which the search
+    does now and then (a checkpoint, a result line): try again until a moment it is not."""
+
+    def remounted():
+        command = ["mount", "-o", "remount,ro", str(mount_point)]
+        return subprocess.run(command, capture_output=True).returncode == 0
+
+    wait_for(remounted, "a moment with no file open for writing, to remount read-only", 60)
+
+
 def test_full_disk_stops_the_search_cleanly_and_resume_ends_it(small_filesystem):
     driver = start_search(small_filesystem, "full")
     ledger = small_filesystem / "full" / accounting.LEDGER_FILENAME
@@ -180,9 +191,10 @@ def test_full_disk_stops_the_search_cleanly_and_resume_ends_it(small_filesystem)
     # yet started; the resumed search says so instead of passing over it.
     assert "running" not in final.values(), final
     if len(final) < TRIALS or "failed" in final.values():
-        assert f"of the {TRIALS} planned trials ran" in resumed.stderr or "failed" in (
-            resumed.stderr
-        ), resumed.stderr[-2000:]
+        # (How many were planned stays unsaid: under random stopping K is secret.)
+        assert "not every planned trial ran" in resumed.stderr or "failed" in (resumed.stderr), (
+            resumed.stderr[-2000:]
+        )
     assert list(final.values()).count("completed") >= 1
     # A trial that Tune's last saved state still had running re-runs from that state's
     # checkpoint, or from scratch if a newer one had replaced it: those steps really ran
@@ -197,7 +209,7 @@ def test_read_only_directory_stops_the_search_cleanly(small_filesystem):
     driver = start_search(small_filesystem, "ro")
     ledger = small_filesystem / "ro" / accounting.LEDGER_FILENAME
     wait_for(lambda: one_done_and_another_running(ledger), "one trial done, one running")
-    subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+    remount_read_only(small_filesystem)
     try:
         out, err = driver.communicate(timeout=300)
         assert driver.returncode == 2
