@@ -1,11 +1,13 @@
 """Privacy accounting: DP-SGD mechanisms as dp_accounting events, ε of a trial and of a whole
-search, σ calibration and budget planning, the durable privacy ledger, and the one way the
-project writes a file (`durable.atomic_file`: whole or not at all).
+search, σ calibration and budget planning, the statistics of an empirical audit (ε̂), the
+durable privacy ledger, and the one way the project writes a file (`durable.atomic_file`:
+whole or not at all).
 
 This package sits below `trainers`, `search` and `results` (all of them need ε) and depends
 only on dp_accounting: trainers record what they executed, this package turns it into ε.
 """
 
+from accounting.audit import AuditResult, audit_scores, epsilon_lower_bound, max_lower_bound
 from accounting.durable import atomic_file, write_atomically
 from accounting.ledger import (
     LEDGER_FILENAME,
@@ -61,6 +63,7 @@ __all__ = [
     "TRIAL_DISTRIBUTIONS",
     "VALIDATION_MODES",
     "AccountingError",
+    "AuditResult",
     "DpSgdSchedule",
     "LedgerError",
     "LedgerRecord",
@@ -73,14 +76,17 @@ __all__ = [
     "TrialAccount",
     "TrialsDistribution",
     "atomic_file",
+    "audit_scores",
     "calibrate_curve",
     "calibrate_noise",
     "calibrate_noise_multiplier",
     "dp_sgd_event",
     "dp_sgd_schedule",
     "epsilon",
+    "epsilon_lower_bound",
     "executed_events",
     "latest_status",
+    "max_lower_bound",
     "max_trials",
     "parallel_search_curve",
     "plan_noise_multiplier",

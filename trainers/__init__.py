@@ -4,6 +4,8 @@ checkpoints, records the mechanism it executes (q, σ, T, validation releases) a
 `accounting` for ε; it does no privacy math itself.
 """
 
+from trainers.audit import audit_trial
+from trainers.canaries import CANARY_KINDS
 from trainers.checks import check_runnable
 from trainers.config import (
     TrainConfig,
@@ -18,10 +20,12 @@ from trainers.loop import MetricsCallback, train
 from trainers.mechanism import MechanismPlan, plan_mechanism, planned_steps
 
 __all__ = [
+    "CANARY_KINDS",
     "MechanismPlan",
     "MetricsCallback",
     "TrainConfig",
     "TrainerError",
+    "audit_trial",
     "check_runnable",
     "evaluate",
     "load_splits",

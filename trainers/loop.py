@@ -54,6 +54,7 @@ def train(
     state: dict[str, Any] | None = None,
     save_state: Callable[[dict[str, Any]], None] | None = None,
     before_epoch: MetricsCallback | None = None,
+    canaries=None,
 ) -> dict[str, Any]:
     """Run one trial; call `report` after every epoch; return the final metrics.
 
@@ -70,8 +71,10 @@ def train(
         before_epoch: called before each epoch touches data with the mechanism as it will be
             at that epoch's end (`steps` an upper bound): a privacy ledger written ahead, so
             a process killed mid-epoch still counts the whole epoch (never fewer steps).
+        canaries: an audit's canaries (`trainers.canaries`): inserted into the training
+            split or the clipped sums; their scores are read after `train` returns.
     """
-    run = _Run(config)
+    run = _Run(config, canaries)
     if state is not None:
         run.restore(state)
     metrics: dict[str, Any] = {}
@@ -93,12 +96,14 @@ def train(
 class _Run:
     """One trial's state between epochs: data, model, mechanism, step and generators."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, canaries=None) -> None:
         self.config = config
         self.device = _device(config)
         check_pretrained_file(config)
         _seed_everything(config.seed)
         splits = load_splits(config)
+        if canaries is not None:
+            splits = canaries.insert(splits)  # input canaries join the training split
         self.n_train = len(splits.train)
         check_fits_data(config, self.n_train)
         self.model, self.splits, self.prepare, self.counts, self.cached = _model_and_inputs(
@@ -110,6 +115,9 @@ class _Run:
             config, model=self.model, optimizer=optimizer, dataset=self.splits.train,
             noise_multiplier=self.mechanism.noise_multiplier, device=self.device,
         )  # fmt: skip
+        if canaries is not None:
+            canaries.attach(step=self.step, model=self.model, prepare=self.prepare,
+                            sample_rate=self.mechanism.sample_rate)  # fmt: skip
         self.ema = ParameterEma(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.augment_generator = torch.Generator().manual_seed(config.seed + 3)
         # The validation score's noise is part of the mechanism: secret unless reproducible.

@@ -26,11 +26,11 @@ RESEARCH_RUN = (
 
 # Offsets from `seed` of the mechanism's generators in a reproducible run (kept from earlier
 # versions so research runs replay as before).
-SAMPLING, NOISE, VALIDATION = 1, 2, 5
+SAMPLING, NOISE, VALIDATION, CANARIES = 1, 2, 5, 7
 
 
 def mechanism_generator(config: TrainConfig, stream: int, device=None) -> torch.Generator:
     """A generator for one of the mechanism's random streams (`SAMPLING`, `NOISE`,
-    `VALIDATION`): secret unless the run is reproducible."""
+    `VALIDATION`, an audit's `CANARIES`): secret unless the run is reproducible."""
     seed = config.seed + stream if config.reproducible else secrets.randbits(63)
     return torch.Generator(device=device or "cpu").manual_seed(seed)

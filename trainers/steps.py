@@ -54,6 +54,12 @@ class StepState:
 
     GENERATORS: tuple[str, ...] = ()
 
+    canaries = None
+    """An audit's gradient canaries (`trainers.canaries.GradientCanaries`), or None. Each
+    logical step, after its real examples are clipped, hands them the clipped sums
+    (`clipped_before`), clips the rows of the canaries they sample with the same engine
+    (`sampled_rows`), adds the noise, and hands them the noisy sums (`observe_noisy`)."""
+
     def _saved_optimizer(self):
         return self.optimizer
 
@@ -98,8 +104,35 @@ class OpacusStep(StepState):
             noise_generator=self.noise_generator,
         )
         self.max_physical_batch_size = config.max_physical_batch_size
+        self._wrap_for_canaries()
 
     GENERATORS = ("sampling_generator", "noise_generator")
+
+    def _wrap_for_canaries(self) -> None:
+        """Opacus's clip_and_accumulate and add_noise, with the canaries' part around them
+        (see `canaries`); without canaries they do what Opacus's do."""
+        optimizer = self.optimizer
+        clip_and_accumulate, add_noise = optimizer.clip_and_accumulate, optimizer.add_noise
+
+        def clip_with_canaries():
+            clip_and_accumulate()  # the real examples of this physical batch
+            canaries = self.canaries
+            if canaries is None or optimizer._check_skip_next_step(pop_next=False):
+                return  # not the logical step's last physical batch
+            canaries.clipped_before({id(p): p.summed_grad for p in optimizer.params})
+            rows = canaries.sampled_rows()
+            if rows is not None:
+                for param in optimizer.params:
+                    param.grad_sample = rows[id(param)]
+                clip_and_accumulate()  # Opacus clips the canaries with the same code
+
+        def noise_then_observe():
+            add_noise()
+            if self.canaries is not None:  # p.grad: the noisy sums, not yet averaged
+                self.canaries.observe_noisy({id(p): p.grad for p in optimizer.params})
+
+        optimizer.clip_and_accumulate = clip_with_canaries
+        optimizer.add_noise = noise_then_observe
 
     def _saved_optimizer(self):
         return self.optimizer.original_optimizer  # Opacus's wrapper holds no state of its own
@@ -191,15 +224,24 @@ class FastStep(StepState):
             loss_sum = losses.detach().sum().item() / views
         if not self._last_chunk:
             return loss_sum, len(labels), 0
+        if self.canaries is not None:
+            self.canaries.clipped_before(self.clipper.sums)
+            rows = self.canaries.sampled_rows()
+            if rows is not None:
+                self.clipper.clip_rows(rows)  # clipped like the real examples
+        sums = self.clipper.take_sums()
         noise_and_average(
             self.params,
-            self.clipper.take_sums(),
+            sums,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.expected_batch_size,
             generator=self.noise_generator,
             buffers=self.noise_buffers,
         )
+        if self.canaries is not None:
+            scale = self.expected_batch_size
+            self.canaries.observe_noisy({id(p): p.grad * scale for p in self.params})
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum, len(labels), 1

@@ -143,11 +143,32 @@ class FastClipper:
         squared = sum(handler.squared_norms(state) for handler, state in pairs)
         norms = squared.clamp_min(0).sqrt()
         self.last_norms = norms.detach()
-        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        factors = self._factors(norms)
         for handler, state in pairs:
-            for param, value in handler.clipped_sums(state, factors):
-                key = id(param)
-                self.sums[key] = value if key not in self.sums else self.sums[key] + value
+            self._accumulate(handler.clipped_sums(state, factors))
+
+    def clip_rows(self, rows: dict[int, torch.Tensor]) -> None:
+        """Explicit per-example gradients (id(param) → (n, *param.shape) for every trainable
+        parameter; an audit's gradient canaries) clipped into the logical batch's sums: each
+        row's norm over all layers, the same clip factors, its sum per layer by the layer's
+        handler."""
+        groups = [
+            (handler, [rows[id(p)] for p in handler.trainable_parameters()])
+            for handler in self.handlers
+        ]
+        squared = sum(handler.rows_squared_norms(layer_rows) for handler, layer_rows in groups)
+        factors = self._factors(squared.clamp_min(0).sqrt())
+        for handler, layer_rows in groups:
+            self._accumulate(handler.rows_clipped_sums(layer_rows, factors))
+
+    def _factors(self, norms: torch.Tensor) -> torch.Tensor:
+        """Per-example clip factors min(1, C / ‖g‖), as Opacus computes them."""
+        return (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+
+    def _accumulate(self, pairs) -> None:
+        for param, value in pairs:
+            key = id(param)
+            self.sums[key] = value if key not in self.sums else self.sums[key] + value
 
     def take_sums(self) -> dict[int, torch.Tensor]:
         sums, self.sums = self.sums, {}

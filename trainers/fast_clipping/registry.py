@@ -74,6 +74,24 @@ class LayerHandler:
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
+    # Explicit per-example gradients (an audit's gradient canaries, `FastClipper.clip_rows`):
+    # rows given per trainable parameter, (n, *parameter shape) each.
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """The layer's own trainable parameters, in the order rows are given."""
+        return [p for p in self.module.parameters(recurse=False) if p.requires_grad]
+
+    def rows_squared_norms(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """(n,) each explicit row's squared norm over this layer's parameters."""
+        return sum(r.reshape(len(r), -1).pow(2).sum(dim=1) for r in rows)
+
+    def rows_clipped_sums(
+        self, rows: list[torch.Tensor], factors: torch.Tensor
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """Pairs (parameter, Σ_i factors_i · row_i) of explicit rows."""
+        for param, row in zip(self.trainable_parameters(), rows, strict=True):
+            yield param, torch.einsum("n,n...->...", factors.to(row), row)
+
 
 def register_layer(
     *types: type[nn.Module],
