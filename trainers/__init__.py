@@ -18,6 +18,7 @@ from trainers.data import load_splits
 from trainers.evaluation import evaluate
 from trainers.loop import MetricsCallback, train
 from trainers.mechanism import MechanismPlan, plan_mechanism, planned_steps
+from trainers.smoke import smoke_config
 
 __all__ = [
     "CANARY_KINDS",
@@ -33,6 +34,7 @@ __all__ = [
     "parse_overrides",
     "plan_mechanism",
     "planned_steps",
+    "smoke_config",
     "train",
     "writable_directory",
 ]

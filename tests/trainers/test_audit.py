@@ -9,13 +9,9 @@ so each verdict here is fixed, not a 95 %-likely outcome."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-import trainers.loop
-from tests.helpers import tiny
+from tests.helpers import break_noise, skip_clipping_of_largest_layer, tiny
 from trainers import audit_trial, make_config
-from trainers.fast_clipping.registry import handler_for, trainable_layers
-from trainers.steps import FastStep
 
 EPSILON = 2.0
 CANARIES = 500
@@ -30,64 +26,6 @@ def audited(engine: str, kind: str = "gradient", **overrides) -> dict:
         "reproducible": True, **overrides,
     }))  # fmt: skip
     return audit_trial(config, kind=kind, canaries=CANARIES)
-
-
-def break_noise(monkeypatch, factor: float) -> None:
-    """The step adds factor·σ·C noise while the accountant is told σ."""
-    real = trainers.loop.make_step
-
-    def make_step(config, **kwargs):
-        step, engine = real(config, **kwargs)
-        if isinstance(step, FastStep):
-            step.noise_multiplier *= factor
-        else:
-            step.optimizer.noise_multiplier *= factor
-        return step, engine
-
-    monkeypatch.setattr(trainers.loop, "make_step", make_step)
-
-
-def skip_clipping_of_largest_layer(monkeypatch) -> None:
-    """Per-example clip factors are not applied to the largest layer's gradients (in both
-    engines, for real examples and canaries alike): its per-example gradients are summed
-    unclipped."""
-    from opacus.optimizers import DPOptimizer
-
-    real = trainers.loop.make_step
-
-    def make_step(config, *, model, **kwargs):
-        largest = max(trainable_layers(model), key=lambda m: sum(p.numel() for p in m.parameters()))
-        largest.audit_fault = True
-        for param in largest.parameters():
-            param.audit_fault = True
-        return real(config, model=model, **kwargs)
-
-    monkeypatch.setattr(trainers.loop, "make_step", make_step)
-
-    # The fast engine: the largest layer's handler ignores the factors.
-    handler = handler_for(torch.nn.Conv2d(1, 1, 1))
-    for name in ("clipped_sums", "rows_clipped_sums"):
-        original = getattr(handler, name)
-
-        def unclipped(self, state, factors, original=original):
-            if getattr(self.module, "audit_fault", False):
-                factors = torch.ones_like(factors)
-            return original(self, state, factors)
-
-        monkeypatch.setattr(handler, name, unclipped)
-
-    # Opacus: its optimizer sums the largest layer's per-sample gradients unclipped.
-    original_clip = DPOptimizer.clip_and_accumulate
-
-    def clip_and_accumulate(self):
-        flagged = [p for p in self.params if getattr(p, "audit_fault", False)]
-        before = {id(p): p.summed_grad for p in flagged}
-        raw = {id(p): p.grad_sample.sum(dim=0) for p in flagged}
-        original_clip(self)
-        for p in flagged:
-            p.summed_grad = raw[id(p)] if before[id(p)] is None else before[id(p)] + raw[id(p)]
-
-    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", clip_and_accumulate)
 
 
 @pytest.mark.parametrize("engine", ["fast", "opacus"])
