@@ -28,6 +28,7 @@ images and inclusion bits come from the CSPRNG unless the run is reproducible.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ PRE_CLIP_NORM = 100.0
 """A gradient canary's norm before clipping, in units of C: a correct engine clips it to
 exactly C (its direction unchanged), and an engine that under-clips any layer lets far more
 through, which the audit sees."""
+
+ROWS_AT_ONCE = 8
+"""Canary gradients materialised at once (each as large as the trainable parameters)."""
 
 
 class GradientCanaries:
@@ -82,21 +86,22 @@ class GradientCanaries:
         the canaries join them: what `observe_noisy` subtracts."""
         self._clipped = {key: value.detach().clone() for key, value in sums.items()}
 
-    def sampled_rows(self) -> dict[int, torch.Tensor] | None:
+    def sampled_rows(self) -> Iterator[dict[int, torch.Tensor]]:
         """This logical step's canaries: each included one is sampled with probability q and
-        is one more example whose gradient is PRE_CLIP_NORM·C·u_i (id(param) → rows), for the
-        engine to clip with the real ones; None when none is sampled."""
+        is one more example whose gradient is PRE_CLIP_NORM·C·u_i, for the engine to clip with
+        the real ones; as id(param) → rows, at most ROWS_AT_ONCE rows at a time (a row is as
+        large as the model)."""
         sampled = torch.rand(self.count, generator=self.generator) < self.sample_rate
         chosen = torch.nonzero(sampled & self.included).flatten().tolist()
-        if not chosen:
-            return None
         scale = PRE_CLIP_NORM * self.max_grad_norm
-        rows = torch.stack([self.direction(i) for i in chosen]) * scale
         sizes = [p.numel() for p in self.params]
-        return {
-            id(p): part.reshape(len(chosen), *p.shape).to(p)
-            for p, part in zip(self.params, rows.split(sizes, dim=1), strict=True)
-        }
+        for start in range(0, len(chosen), ROWS_AT_ONCE):
+            batch = chosen[start : start + ROWS_AT_ONCE]
+            rows = torch.stack([self.direction(i) for i in batch]) * scale
+            yield {
+                id(p): part.reshape(len(batch), *p.shape).to(p)
+                for p, part in zip(self.params, rows.split(sizes, dim=1), strict=True)
+            }
 
     def observe_noisy(self, noisy: dict[int, torch.Tensor]) -> None:
         """The same step after the noise: what the canaries and the noise added to the real

@@ -120,8 +120,7 @@ class OpacusStep(StepState):
             if canaries is None or optimizer._check_skip_next_step(pop_next=False):
                 return  # not the logical step's last physical batch
             canaries.clipped_before({id(p): p.summed_grad for p in optimizer.params})
-            rows = canaries.sampled_rows()
-            if rows is not None:
+            for rows in canaries.sampled_rows():
                 for param in optimizer.params:
                     param.grad_sample = rows[id(param)]
                 clip_and_accumulate()  # Opacus clips the canaries with the same code
@@ -226,8 +225,7 @@ class FastStep(StepState):
             return loss_sum, len(labels), 0
         if self.canaries is not None:
             self.canaries.clipped_before(self.clipper.sums)
-            rows = self.canaries.sampled_rows()
-            if rows is not None:
+            for rows in self.canaries.sampled_rows():
                 self.clipper.clip_rows(rows)  # clipped like the real examples
         sums = self.clipper.take_sums()
         noise_and_average(
