@@ -17,16 +17,23 @@ do what its accounting assumes: a VIOLATION. ε̂ ≤ ε proves nothing about ε
 The auditor's guesses come from canary scores (`audit_scores`): the top k guessed "in", the
 bottom k "out". k is not chosen after seeing which guesses were right: every k of a fixed grid
 is tested at β/|grid| (a union bound), and ε̂ is the largest of their bounds.
+
+A tighter estimate, under an assumption: a μ-GDP mechanism (Dong, Roth & Su 2019) is
+(ε, δ_μ(ε))-DP for every ε at once, so the same theorem gives a p-value for "the mechanism is
+μ-GDP" — the smallest over ε of the (ε, δ_μ(ε)) p-values — and μ̂ is the largest μ it
+rejects (as Nasr et al. 2023, arXiv 2302.07956, audit under a Gaussian assumption). Reported as
+ε at the trial's δ of a μ̂-GDP mechanism: an estimate that assumes the privacy profile is
+Gaussian-shaped (DP-SGD's is close to it after many steps), so it never decides the verdict.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from accounting.mechanism import AccountingError
 
@@ -42,13 +49,7 @@ def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
         raise AccountingError(f"need 0 ≤ correct ≤ guesses ≤ canaries (got {v}, {r}, {m})")
     if epsilon < 0 or not 0 <= delta <= 1:
         raise AccountingError(f"need ε ≥ 0 and 0 ≤ δ ≤ 1 (got ε={epsilon}, δ={delta})")
-    p = 1.0 / (1.0 + math.exp(-epsilon))  # accuracy of ε-DP randomized response
-    tail = float(stats.binom.sf(v - 1, r, p))  # P[Bin(r, p) ≥ v]
-    if delta == 0 or v == 0:
-        return min(tail, 1.0)
-    # P[v−i ≤ Bin < v] for i = 1…v, divided by i: its maximum scales the δ term.
-    below = stats.binom.pmf(np.arange(v - 1, -1, -1), r, p)
-    slack = float(np.max(np.cumsum(below) / np.arange(1, v + 1)))
+    tail, slack = _tail_and_slack(r, v, epsilon)
     return min(tail + 2 * m * delta * slack, 1.0)
 
 
@@ -75,6 +76,74 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float, confidence: float)
     return low
 
 
+_GDP_EPSILONS = np.linspace(0.0, 20.0, 401)
+"""The ε at which a μ-GDP hypothesis is tested (its p-value is the smallest over them)."""
+
+
+def gaussian_delta(mu: float, epsilon: np.ndarray | float) -> np.ndarray:
+    """δ_μ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2): the privacy profile of μ-GDP (Dong, Roth
+    & Su 2019, Corollary 2.13); 0 for μ = 0."""
+    epsilon = np.asarray(epsilon, dtype=float)
+    if mu <= 0:
+        return np.zeros_like(epsilon)
+    first = stats.norm.cdf(-epsilon / mu + mu / 2)
+    second = np.exp(epsilon + stats.norm.logcdf(-epsilon / mu - mu / 2))
+    return np.clip(first - second, 0.0, 1.0)
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """ε at δ of a μ-GDP mechanism (the inverse of `gaussian_delta` in ε)."""
+    if mu <= 0 or gaussian_delta(mu, 0.0) <= delta:
+        return 0.0
+    high = 1.0
+    while gaussian_delta(mu, high) > delta:
+        high *= 2
+    return float(optimize.brentq(lambda e: float(gaussian_delta(mu, e)) - delta, 0.0, high,
+                                 xtol=1e-12))  # fmt: skip
+
+
+def gaussian_mu_lower_bound(m: int, r: int, v: int, confidence: float) -> float:
+    """The largest μ that v right of r guesses on m canaries reject at `confidence` as
+    "μ-GDP" (0 if none): the hypothesis's p-value is the smallest, over ε, of the
+    (ε, δ_μ(ε)) p-values of `p_value`, each valid, so their minimum is too."""
+    beta = 1.0 - confidence
+    # p_value(ε, δ) = tail(ε) + 2mδ·slack(ε): tail and slack do not depend on δ.
+    tails, slacks = _tail_and_slack(r, v, _GDP_EPSILONS)
+
+    def rejected(mu: float) -> bool:
+        deltas = gaussian_delta(mu, _GDP_EPSILONS)
+        return float(np.min(np.minimum(tails + 2 * m * deltas * slacks, 1.0))) <= beta
+
+    if not rejected(0.0):
+        return 0.0
+    low, high = 0.0, 1.0
+    while rejected(high):
+        low, high = high, 2 * high
+        if high > 64:
+            return low
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if rejected(middle) else (low, middle)
+    return low
+
+
+def _tail_and_slack(r: int, v: int, epsilon):
+    """P[Bin(r, p) ≥ v] and max_{1≤i≤v} P[v−i ≤ Bin(r, p) < v] / i, p = e^ε/(1+e^ε) (the
+    accuracy of ε-DP randomized response): the two parts of Theorem 5.2's bound. For a float
+    ε, two floats; for an array, two arrays."""
+    eps = np.atleast_1d(np.asarray(epsilon, dtype=float))
+    p = 1.0 / (1.0 + np.exp(-eps))
+    tail = stats.binom.sf(v - 1, r, p)
+    if v == 0:
+        slack = np.zeros_like(eps)
+    else:
+        below = stats.binom.pmf(np.arange(v - 1, -1, -1)[None, :], r, p[:, None])
+        slack = np.max(np.cumsum(below, axis=1) / np.arange(1, v + 1)[None, :], axis=1)
+    if np.ndim(epsilon) == 0:
+        return float(tail[0]), float(slack[0])
+    return tail, slack
+
+
 def max_lower_bound(m: int, delta: float, confidence: float) -> float:
     """The most an audit with m canaries can show (every guess of the grid right): an audit
     can only find a violation of an ε below this."""
@@ -94,6 +163,10 @@ class AuditResult:
     canaries: int
     guesses: int
     correct: int
+    mu_lower: float = 0.0
+    """μ̂: the largest μ for which "μ-GDP" is rejected (same grid and confidence)."""
+    epsilon_lower_gaussian: float = 0.0
+    """ε at `delta` of a μ̂-GDP mechanism: an estimate assuming a Gaussian privacy profile."""
 
     def verdict(self, epsilon: float) -> str:
         """ "consistent" when the lower bound does not exceed the accounted ε, else "VIOLATION"."""
@@ -109,13 +182,15 @@ def audit_scores(
     *,
     delta: float,
     confidence: float = 0.95,
+    gaussian: bool = True,
 ) -> AuditResult:
     """ε̂ from canary scores (higher: more likely included) and the secret inclusion bits.
 
     For each k of the grid (`GUESS_FRACTIONS` of m), guess "in" for the k highest scores and
     "out" for the k lowest, abstain on the rest, and bound ε at confidence 1 − β/|grid|; the
     result is the largest bound (valid at 1 − β by the union bound). Ties in scores are broken
-    at random, never by the inclusion bits.
+    at random, never by the inclusion bits. `gaussian`: also the μ-GDP estimate (μ̂ and its
+    ε at δ), the same way.
     """
     scores = np.asarray(scores, dtype=float)
     included = np.asarray(included, dtype=bool)
@@ -130,12 +205,17 @@ def audit_scores(
     order = shuffle[np.argsort(scores[shuffle], kind="stable")]
     per_test = 1.0 - (1.0 - confidence) / len(counts)
     best = AuditResult(0.0, confidence, delta, m, 0, 0)
+    mu = 0.0
     for k in counts:
         correct = int(included[order[-k:]].sum() + (~included[order[:k]]).sum())
         bound = epsilon_lower_bound(m, 2 * k, correct, delta, per_test)
         if bound > best.epsilon_lower or best.guesses == 0:
             best = AuditResult(bound, confidence, delta, m, 2 * k, correct)
-    return best
+        if gaussian:
+            mu = max(mu, gaussian_mu_lower_bound(m, 2 * k, correct, per_test))
+    return dataclasses.replace(
+        best, mu_lower=mu, epsilon_lower_gaussian=gaussian_epsilon(mu, delta)
+    )
 
 
 def _guess_counts(m: int) -> list[int]:

@@ -116,7 +116,9 @@ def _print(result: dict, args) -> None:
         f"{math.floor(result['epsilon_lower'] * 1000) / 1000}   "
         f"({result['correct']} of {result['guesses']} guesses right; "
         f"this audit could show at most {result['max_epsilon_lower']:.3f})\n"
-        f"  verdict: {result['verdict']}"
+        f"  verdict: {result['verdict']}\n"
+        f"  assuming a Gaussian privacy profile (an estimate, not the verdict): μ̂ = "
+        f"{result['mu_lower']:.3f}, ε at δ {result['epsilon_lower_gaussian']:.3f}"
     )
     if result["verdict"] == "VIOLATION":
         print(
@@ -130,8 +132,9 @@ def _print(result: dict, args) -> None:
         )
     if args.json:
         keys = ("space", "kind", "engine", "epsilon", "epsilon_lower", "confidence", "delta",
-                "canaries", "guesses", "correct", "max_epsilon_lower", "verdict", "sample_rate",
-                "noise_multiplier", "steps", "test_accuracy")  # fmt: skip
+                "canaries", "guesses", "correct", "max_epsilon_lower", "verdict", "mu_lower",
+                "epsilon_lower_gaussian", "sample_rate", "noise_multiplier", "steps",
+                "test_accuracy")  # fmt: skip
         print(json.dumps({key: result[key] for key in keys}))
 
 

@@ -94,6 +94,7 @@ def test_installed_commands_are_the_documented_scripts():
     # cold Python start.
     import results.export
     import search.arguments
+    import search.audit
     import search.privacy
     import trainers.__main__
 
@@ -102,6 +103,7 @@ def test_installed_commands_are_the_documented_scripts():
         "dp-search-privacy": search.privacy._parser(),
         "dp-export": results.export._parser(),
         "dp-train": trainers.__main__._parser(),
+        "dp-audit": search.audit.build_parser(),
     }
     bin_dir = Path(sys.executable).parent
     running = {

@@ -9,20 +9,30 @@ import json
 import pytest
 
 from search import audit
-from tests.helpers import assert_one_sentence_error, break_noise, run
+from tests.helpers import assert_one_sentence_error, break_noise, needs_fashion_mnist, run
 
 
-def test_audit_command_prints_the_verdict_and_one_json_line():
-    result = run("search/audit.py", "--space", "fmnist_quick", "--smoke", "--canaries", "200",
-                 "--set", "epochs=2", "--engine", "opacus", "--quiet", "--json")  # fmt: skip
+def test_readme_audit_command_prints_the_verdict_and_one_json_line():
+    # Verbatim from the README.
+    result = run("search/audit.py", "--space", "fmnist_quick", "--smoke", "--canaries", "500",
+                 "--engine", "opacus", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     report = json.loads(lines[-1])
     for key in ("epsilon", "epsilon_lower", "confidence", "guesses", "correct", "verdict"):
         assert key in report
     assert report["verdict"] == "consistent" and report["engine"] == "opacus"
-    assert 0 <= report["epsilon_lower"] <= report["epsilon"] and report["steps"] == 6
+    assert 0 <= report["epsilon_lower"] <= report["epsilon"] and report["canaries"] == 500
     assert "verdict: consistent" in result.stdout and "ε̂ (audit lower bound" in result.stdout
+
+
+@pytest.mark.slow  # a real Fashion-MNIST trial, ~1 min
+@needs_fashion_mnist
+def test_readme_audit_of_real_fashion_mnist():
+    result = run("search/audit.py", "--space", "fmnist_quick", "--canaries", "1000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1000 gradient canaries" in result.stdout and "verdict: consistent" in result.stdout
+    assert "epoch 2/2" in result.stderr  # progress is shown
 
 
 def test_a_violation_exits_with_status_1(monkeypatch, capsys):
