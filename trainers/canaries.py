@@ -50,7 +50,8 @@ ROWS_AT_ONCE = 8
 
 
 class GradientCanaries:
-    """m gradient canaries of norm C (white-box); see the module docstring."""
+    """m gradient canaries, clipped to norm C by the engine (white-box); see the module
+    docstring."""
 
     kind = "gradient"
 

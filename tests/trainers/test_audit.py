@@ -28,9 +28,15 @@ def audited(engine: str, kind: str = "gradient", **overrides) -> dict:
     return audit_trial(config, kind=kind, canaries=CANARIES)
 
 
+@pytest.fixture(scope="module")
+def correct_audits() -> dict[str, dict]:
+    """The audit of the correct mechanism, on each engine."""
+    return {engine: audited(engine) for engine in ("fast", "opacus")}
+
+
 @pytest.mark.parametrize("engine", ["fast", "opacus"])
-def test_a_correct_mechanism_is_consistent_with_its_accounted_epsilon(engine):
-    result = audited(engine)
+def test_a_correct_mechanism_is_consistent_with_its_accounted_epsilon(correct_audits, engine):
+    result = correct_audits[engine]
     assert result["engine"] == engine and result["epsilon"] == pytest.approx(EPSILON, rel=1e-6)
     assert result["verdict"] == "consistent"
     assert 0 <= result["epsilon_lower"] <= EPSILON
@@ -56,10 +62,22 @@ def test_a_broken_mechanism_is_a_violation(monkeypatch, engine, fault):
     assert result["epsilon_lower"] > result["epsilon"]
 
 
-def test_both_engines_audit_the_same_canaries_sampling_and_noise():
+@pytest.mark.parametrize(
+    ("engine", "setting"),
+    [("opacus", {"augmult": 2}), ("fast", {"trainable_layers": "head", "feature_cache": False}),
+     ("fast", {"max_physical_batch_size": 40})],
+)  # fmt: skip
+def test_augmult_layer_selection_and_physical_batches_stay_consistent(engine, setting):
+    # Canaries join the logical step once, whatever its physical batches and views, and live
+    # in the trainable parameters only.
+    result = audited(engine, **setting)
+    assert result["verdict"] == "consistent" and result["epsilon_lower"] <= EPSILON
+
+
+def test_both_engines_audit_the_same_canaries_sampling_and_noise(correct_audits):
     # A reproducible run: the fast engine and Opacus sample and add noise identically, so
     # their canary scores agree to float precision and their audits exactly.
-    fast, opacus = audited("fast"), audited("opacus")
+    fast, opacus = correct_audits["fast"], correct_audits["opacus"]
     for key in ("epsilon_lower", "guesses", "correct"):
         assert fast[key] == opacus[key]
 
