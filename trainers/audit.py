@@ -16,6 +16,7 @@ import accounting
 from trainers.canaries import make_canaries
 from trainers.config import TrainConfig, TrainerError
 from trainers.loop import MetricsCallback, train
+from trainers.mechanism import executed_mechanism
 from trainers.randomness import CANARIES, mechanism_generator
 
 
@@ -42,12 +43,10 @@ def audit_trial(
     generator = mechanism_generator(config, CANARIES)
     canary_set = make_canaries(kind, canaries, generator, config.max_grad_norm)
     final = train(config, report, canaries=canary_set)
-    event = accounting.dp_sgd_event(
-        sample_rate=final["sample_rate"],
-        noise_multiplier=final["noise_multiplier"],
-        steps=final["steps"],
-    )
-    epsilon = accounting.epsilon(event, delta=config.delta, accountant=config.accountant)
+    # The training steps alone (no validation release sees the canaries).
+    epsilon = executed_mechanism(
+        config, final["sample_rate"], final["noise_multiplier"], final["steps"]
+    )["epsilon"]
     result = accounting.audit_scores(
         canary_set.scores(),
         canary_set.included.numpy(),
