@@ -35,6 +35,9 @@ from dp_accounting.rdp import rdp_privacy_accountant as _rdp_lib
 
 from accounting.mechanism import quiet_dp_accounting
 
+TINY_RDP = 1e-15
+"""The least positive RDP passed to dp_accounting's repeat-and-select (exp(-r) < 1 above it)."""
+
 
 def repeat_and_select_rdp(
     orders: Sequence[float] | np.ndarray,
@@ -49,6 +52,10 @@ def repeat_and_select_rdp(
     computes for `RepeatAndSelectDpEvent`, for any curve rather than one event's."""
     orders = np.asarray(orders, dtype=np.float64)
     rdp = np.asarray(rdp, dtype=np.float64)
+    # NOTE: dp_accounting's compute_delta takes log1p(-exp(-r)), which fails for a positive r
+    # so small that exp(-r) rounds to 1 (a trial with huge σ: the planner probes σ = 1e9).
+    # Raising such r to TINY_RDP only overstates the loss (never rounds ε down).
+    rdp = np.where((rdp > 0) & (rdp < TINY_RDP), TINY_RDP, rdp)
     with quiet_dp_accounting():
         selected = _rdp_lib._compute_rdp_repeat_and_select(orders, rdp, float(mean), float(shape))
     return np.asarray(selected, dtype=np.float64)

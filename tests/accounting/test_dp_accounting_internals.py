@@ -22,6 +22,7 @@ from dp_accounting.rdp import RdpAccountant, compute_epsilon
 from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from accounting.dp_accounting_internals import (
+    TINY_RDP,
     repeat_and_select_rdp,
     truncated_negative_binomial_gamma,
 )
@@ -152,6 +153,19 @@ def test_repeat_and_select_of_a_curve_no_event_expresses():
     selected = repeat_and_select_rdp(orders, bound, mean=5.0, shape=1.0)
     for single in (first, second):
         assert np.all(selected >= repeat_and_select_rdp(orders, single, mean=5.0, shape=1.0))
+
+
+@pytest.mark.parametrize("shape", [math.inf, 1.0, 0.5, 0.0])
+def test_repeat_and_select_of_a_nearly_silent_trial_is_tiny_and_never_fails(shape):
+    """A trial with σ = 1e9 has RDP ~1e-19: dp_accounting's own code raises a math domain
+    error there for Poisson K (exp(-r) rounds to 1); ours raises r to TINY_RDP, which only
+    overstates."""
+    orders, rdp = _curve(dp_event.GaussianDpEvent(1e9))
+    assert 0 < rdp[rdp > 0].min() < TINY_RDP
+    selected = repeat_and_select_rdp(orders, rdp, mean=5.0, shape=shape)
+    floor = repeat_and_select_rdp(orders, np.maximum(rdp, TINY_RDP), mean=5.0, shape=shape)
+    assert np.all(np.isfinite(selected[orders > 1])) and np.array_equal(selected, floor)
+    assert np.all(selected >= rdp)
 
 
 # --- γ of the truncated negative binomial --------------------------------------------------
