@@ -33,6 +33,7 @@ OPTIMIZERS = ("sgd", "adam")
 TRAINABLE_LAYERS = ("all", "head", "last_k_blocks", "norms_and_head", "bias_and_head")
 HEAD_INITS = ("auto", "zero", "default")
 CLIPPING_ENGINES = ("auto", "fast", "opacus")
+FRONTENDS = ("none", "scatternet")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +118,13 @@ class TrainConfig:
     """Passes over the training data: T = epochs · ⌈N / B⌉ steps (accounting.dp_sgd_schedule)."""
 
     # --- paper recipes (see trainers/augment.py, ema.py, layers.py, features.py) ---
+    frontend: str = "none"
+    """A fixed, public feature extractor applied to each image on its own before the model
+    (trainers/frontends.py): none, or scatternet (Tramèr & Boneh 2021: scattering transform,
+    J=2, L=8; a 28×28 image becomes 81×7×7). Computed once per data set and cached."""
+    frontend_norm_groups: int = 27
+    """GroupNorm groups (no learned scale) normalising each example's frontend features on
+    their own: data-independent, so free of privacy cost (0: no normalisation)."""
     augmult: int = 0
     """Augmentation multiplicity K (De et al. 2022): 0 = no augmentation; K ≥ 1 = K random
     crop+flip views of every example, their gradients averaged before clipping (one example's
@@ -273,6 +281,19 @@ def _validate_training(c: TrainConfig) -> None:
     _need(c.eval_batch_size >= 1, f"eval_batch_size must be ≥ 1 (got {c.eval_batch_size}).")
     _need(c.epochs >= 1, f"epochs must be ≥ 1 (got {c.epochs}).")
     _need(c.augmult >= 0, f"augmult must be 0 (off) or a number of views ≥ 1 (got {c.augmult}).")
+    _need(
+        c.frontend in FRONTENDS,
+        f"unknown frontend {c.frontend!r}; choose one of: {', '.join(FRONTENDS)}.",
+    )
+    _need(
+        c.frontend == "none" or c.augmult == 0,
+        f"frontend={c.frontend} computes features once per image; augmult needs new views "
+        "every step: set augmult=0.",
+    )
+    _need(
+        c.frontend_norm_groups >= 0,
+        f"frontend_norm_groups must be ≥ 0 (got {c.frontend_norm_groups}).",
+    )
     _need(
         0.0 <= c.ema_decay < 1.0,
         f"ema_decay must lie in [0, 1): 0 is off, 0.999 typical (got {c.ema_decay}).",

@@ -33,12 +33,21 @@ from trainers.layers import head_module
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = DEFAULT_DATA_ROOT.parent / "features"
-FORMAT_VERSION = 2  # 2: keyed-hash partition, public normalisation
+FORMAT_VERSION = 3  # 2: keyed-hash partition, public normalisation; 3: frontends
 
 
 def cache_applies(config: TrainConfig) -> bool:
     """Whether this trial can train on cached features."""
     return config.trainable_layers == "head" and config.augmult == 0 and config.feature_cache
+
+
+DATA_FIELDS = (
+    "dataset", "data_dir", "validation", "validation_fraction", "validation_data",
+    "train_fraction", "split_seed", "input_mean", "input_std", "image_size",
+    "synthetic_examples", "synthetic_image_size", "synthetic_classes",
+    "synthetic_channels", "synthetic_groups",
+)  # fmt: skip
+"""The settings that decide which images land in which split (and their resolution)."""
 
 
 def cache_key(config: TrainConfig) -> str:
@@ -52,24 +61,43 @@ def cache_key(config: TrainConfig) -> str:
                    "mtime": stat.st_mtime_ns}  # fmt: skip
     elif not config.pretrained:
         weights["seed"] = config.seed  # random weights: the initialisation seed decides them
-    fields = {
-        "format": FORMAT_VERSION,
-        "timm": timm.__version__,
-        "model": config.model,
-        "weights": weights,
-        "image_size": config.image_size,
-        **{
-            k: getattr(config, k)
-            for k in (
-                "dataset", "data_dir", "validation", "validation_fraction", "validation_data",
-                "train_fraction", "split_seed", "input_mean", "input_std",
-                "synthetic_examples", "synthetic_image_size", "synthetic_channels",
-                "synthetic_classes", "synthetic_groups",
-            )
-        },
-    }  # fmt: skip
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{config.model}-{digest[:20]}"
+    fields = {"format": FORMAT_VERSION, "timm": timm.__version__, "model": config.model,
+              "weights": weights, "frontend": config.frontend,
+              "frontend_norm_groups": config.frontend_norm_groups}  # fmt: skip
+    return f"{config.model}-{digest({**fields, **data_fields(config)})}"
+
+
+def data_fields(config: TrainConfig) -> dict:
+    """`DATA_FIELDS` of `config`, for a cache key."""
+    return {k: getattr(config, k) for k in DATA_FIELDS}
+
+
+def digest(fields: dict) -> str:
+    """A short hash of a cache key's fields."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cache_path(config: TrainConfig, name: str) -> Path:
+    """Where the cache file called `name` lives (`feature_cache_dir` or the default)."""
+    directory = Path(config.feature_cache_dir) if config.feature_cache_dir else DEFAULT_CACHE_DIR
+    return directory / f"{name}.pt"
+
+
+def compute_once(path: Path, compute) -> tuple[dict, bool]:
+    """The tensors stored at `path`, or `compute()`'s, stored there first; (tensors, whether
+    this call computed them). A lock makes concurrent trials wait for the first instead of
+    computing the same thing twice; the write is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = _load(path)
+        if stored is not None:
+            log.info("feature cache: loaded %s", path)
+            return stored, False
+        stored = compute()
+        with accounting.atomic_file(path, "wb") as f:  # trials may fill one cache at once
+            torch.save(stored, f)
+        return stored, True
 
 
 @dataclass(frozen=True)
@@ -85,18 +113,13 @@ class CachedFeatures:
     """Parameters of the whole model (the backbone stays frozen)."""
 
 
-def _cache_path(config: TrainConfig) -> Path:
-    directory = Path(config.feature_cache_dir) if config.feature_cache_dir else DEFAULT_CACHE_DIR
-    return directory / f"{cache_key(config)}.pt"
-
-
 def load_cached_head(config: TrainConfig, splits: Splits, device) -> CachedFeatures | None:
     """Features already cached and a zero-initialised head: the trial needs no backbone at
     all (building a large timm model costs more than training its head on cached features).
     None when there is no cache yet or the head must keep the model's own initialisation."""
     if config.head_init == "default":
         return None
-    path = _cache_path(config)
+    path = cache_path(config, cache_key(config))
     features = _load(path)
     if features is None:
         return None
@@ -132,31 +155,24 @@ def cached_features(
         log.info("feature cache: %s's head is not its last operation; training end to end",
                  config.model)  # fmt: skip
         return None
-    path = _cache_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    computed = False
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent trials wait for the first one
-        features = _load(path)
-        if features is None:
-            log.info("feature cache: computing %s features once into %s", config.model, path)
-            features = {
-                name: _features(model, head, dataset.tensors[0], prepare, config.eval_batch_size)
-                for name, dataset in (
-                    ("train", splits.train), ("validation", splits.validation),
-                    ("test", splits.test),
-                ) if dataset is not None
-            }  # fmt: skip
-            features["meta"] = {
-                "in_features": head.in_features,
-                "bias": head.bias is not None,
-                "total_parameters": sum(p.numel() for p in model.parameters()),
-            }
-            with accounting.atomic_file(path, "wb") as f:  # trials may fill one cache at once
-                torch.save(features, f)
-            computed = True
-        else:
-            log.info("feature cache: loaded %s", path)
+    path = cache_path(config, cache_key(config))
+
+    def compute() -> dict:
+        log.info("feature cache: computing %s features once into %s", config.model, path)
+        features = {
+            name: _features(model, head, dataset.tensors[0], prepare, config.eval_batch_size)
+            for name, dataset in (
+                ("train", splits.train), ("validation", splits.validation), ("test", splits.test),
+            ) if dataset is not None
+        }  # fmt: skip
+        features["meta"] = {
+            "in_features": head.in_features,
+            "bias": head.bias is not None,
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+        }
+        return features
+
+    features, computed = compute_once(path, compute)
     return _with_features(splits, features, head.to(device), path, computed)
 
 
@@ -195,6 +211,7 @@ def _head_is_output(model, head, splits: Splits, prepare) -> bool:
     shape = splits.train.tensors[0].shape[1:]
     inputs = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (2, *shape), generator=inputs, dtype=torch.uint8)
+    probe = probe.to(splits.train.tensors[0].dtype)  # frontend features are float
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
     saved = [p.detach().clone() for p in head.parameters()]

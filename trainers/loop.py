@@ -27,6 +27,7 @@ from trainers.data import load_splits
 from trainers.ema import ParameterEma
 from trainers.evaluation import evaluate_selected, evaluate_split
 from trainers.features import cache_applies, cached_features, load_cached_head
+from trainers.frontends import NormalisedFeatures, frontend_splits
 from trainers.inputs import FeaturesToDevice, ImagePreparer
 from trainers.layers import select_trainable, set_frozen_modes
 from trainers.mechanism import executed_mechanism, plan_mechanism
@@ -307,19 +308,27 @@ class _Run:
 def _model_and_inputs(config: TrainConfig, splits, device: torch.device):
     """(model, splits, prepare, parameter counts, cached features or None).
 
-    Head-only trials train the head alone on the frozen backbone's features (computed once
-    per model, weights, data and resolution): same parameters, same mechanism, a fraction of
-    the compute. Once the features exist no backbone is even built.
+    A frontend (ScatterNet) first replaces the images by their public per-image features,
+    computed once. Head-only trials train the head alone on the frozen backbone's features
+    (computed once per model, weights, data and resolution): same parameters, same mechanism,
+    a fraction of the compute. Once the features exist no backbone is even built.
     """
+    frontend = config.frontend != "none"
+    if frontend:
+        splits = frontend_splits(config, splits, device)
     cached = load_cached_head(config, splits, device) if cache_applies(config) else None
     if cached is None:
-        image_size = config.image_size or splits.image_size
+        image_size = splits.image_size if frontend else config.image_size or splits.image_size
         model = build_model(
             config, in_channels=splits.channels, num_classes=splits.num_classes,
             image_size=image_size,
         ).to(device)  # fmt: skip
         counts = select_trainable(model, config)
-        prepare = ImagePreparer(model, splits, image_size=image_size, device=device, config=config)
+        if frontend:
+            prepare = NormalisedFeatures(config, splits.channels, device)
+        else:
+            prepare = ImagePreparer(model, splits, image_size=image_size, device=device,
+                                    config=config)  # fmt: skip
         if cache_applies(config):
             cached = cached_features(model, splits, prepare, config, device)
     if cached is None:

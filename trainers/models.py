@@ -80,6 +80,28 @@ def tramer_boneh_cifar_cnn(in_channels: int, num_classes: int, image_size: int) 
     return nn.Sequential(*features, nn.Linear(width, 128), nn.Tanh(), nn.Linear(128, num_classes))
 
 
+@register_model
+def scatter_linear(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Tramèr & Boneh's ScatterNet + linear (ICLR 2021): a linear classifier on the
+    (normalised) features of `frontend=scatternet`, 81×7×7 → classes on (Fashion-)MNIST."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, num_classes))
+
+
+@register_model
+def scatter_cnn(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Tramèr & Boneh's small CNN on ScatterNet features for (Fashion-)MNIST: conv 16×3×3
+    stride 2 → conv 32×3×3 → fc 32 → fc classes, tanh activations (use with a frontend)."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(16, 32, 3, stride=1, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+    )
+    width = _flat_width(features, in_channels, image_size)
+    return nn.Sequential(*features, nn.Linear(width, 32), nn.Tanh(), nn.Linear(32, num_classes))
+
+
 class _WideBasicBlock(nn.Module):
     """Pre-activation residual block: GroupNorm → ReLU → WS conv, twice (De et al. 2022)."""
 
