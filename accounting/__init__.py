@@ -42,7 +42,14 @@ from accounting.plan import (
     show_epsilon,
 )
 from accounting.rdp_curves import ParallelCurve, RdpCurve, calibrate_curve
-from accounting.search_budget import max_trials, plan_noise_multiplier
+from accounting.search_budget import (
+    AUTO,
+    TrialsChoice,
+    auto_candidates,
+    choose_trials,
+    max_trials,
+    plan_noise_multiplier,
+)
 from accounting.selection import (
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
@@ -56,6 +63,7 @@ from accounting.selection import (
 
 __all__ = [
     "ACCOUNTANTS",
+    "AUTO",
     "DEFAULT_BUDGETS",
     "LEDGER_FILENAME",
     "PLAN_FILENAME",
@@ -74,12 +82,15 @@ __all__ = [
     "SearchEpsilon",
     "SearchPrivacyPlan",
     "TrialAccount",
+    "TrialsChoice",
     "TrialsDistribution",
     "atomic_file",
     "audit_scores",
+    "auto_candidates",
     "calibrate_curve",
     "calibrate_noise",
     "calibrate_noise_multiplier",
+    "choose_trials",
     "dp_sgd_event",
     "dp_sgd_schedule",
     "epsilon",

@@ -97,6 +97,8 @@ class SearchPrivacyPlan:
     trials_mean: float | None = None
     trials_distribution: str | None = None
     eta: float | None = None
+    trials_choice: str | None = None
+    """How `--trials-distribution auto` chose the distribution (None: the user chose it)."""
     validation: str = "dp"
     """One of VALIDATION_MODES."""
     val_noise_multiplier: float | None = None

@@ -1,11 +1,14 @@
 """Fitting a search into an ε budget before it runs: the per-trial σ with which the whole
-search meets the budget (`plan_noise_multiplier`), or how many trials of a fixed σ fit in it
-(`max_trials`).
+search meets the budget (`plan_noise_multiplier`), how many trials of a fixed σ fit in it
+(`max_trials`), and, for random stopping, the distribution of K that costs least
+(`choose_trials`: `--trials-distribution auto`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from dp_accounting import dp_event
 
@@ -90,3 +93,66 @@ def max_trials(
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+AUTO = "auto"
+"""`--trials-distribution auto`: the planner picks the distribution of K (`choose_trials`)."""
+
+AUTO_ETAS = (1.0, 0.5, 0.25, 0.1, 0.05)
+"""Shapes η of the truncated negative binomial that `auto` compares (η = 1 is the geometric)."""
+
+
+@dataclass(frozen=True)
+class TrialsChoice:
+    """What `--trials-distribution auto` chose, and what every alternative would have cost."""
+
+    chosen: TrialsDistribution
+    costs: tuple[tuple[TrialsDistribution, float], ...]
+    """Each compared distribution with its cost (lower is better)."""
+    measure: str
+    """What the cost is: "σ" (the per-trial noise that meets a budget) or "ε" (the search's)."""
+
+    def describe(self) -> str:
+        """One sentence: what was chosen and why, with the alternatives' costs."""
+        best = dict(self.costs)[self.chosen]
+        others = ", ".join(
+            f"{d.describe()} {self.measure} = {c:.4g}" for d, c in self.costs if d != self.chosen
+        )
+        what = "per-trial σ that meets the budget" if self.measure == "σ" else "search ε"
+        empty = ""
+        if self.chosen.kind == "poisson":  # the one distribution that can release nothing
+            chance = math.exp(-self.chosen.mean)
+            empty = f"; it draws K = 0, releasing nothing, with probability {chance:.2g}"
+        return (
+            f"auto chose K ~ {self.chosen.describe()}: the smallest {what}, "
+            f"{self.measure} = {best:.4g} (vs {others}){empty}"
+        )
+
+
+def auto_candidates(mean: float) -> tuple[TrialsDistribution, ...]:
+    """The distributions of K with mean `mean` that `auto` compares: Poisson, the truncated
+    negative binomial at `AUTO_ETAS` (η = 1 as the geometric), and the logarithmic (η → 0).
+    Ordered from the lightest tail to the heaviest: ties go to the lighter tail."""
+    negative_binomials = [
+        TrialsDistribution(kind="negative-binomial", mean=mean, eta=eta) for eta in AUTO_ETAS[1:]
+    ]
+    return (
+        TrialsDistribution(kind="poisson", mean=mean),
+        TrialsDistribution(kind="geometric", mean=mean),
+        *negative_binomials,
+        TrialsDistribution(kind="logarithmic", mean=mean),
+    )
+
+
+def choose_trials(
+    mean: float, cost: Callable[[TrialsDistribution], float], *, measure: str
+) -> TrialsChoice:
+    """The distribution of K (mean `mean`) with the lowest `cost`: the per-trial σ that meets
+    a budget (measure "σ"), or the search's ε for given trials (measure "ε").
+
+    The choice depends only on the planned mechanisms, the budget and the mean, never on the
+    data or on K (drawn after it), so making it costs no privacy.
+    """
+    costs = tuple((d, float(cost(d))) for d in auto_candidates(mean))
+    chosen = min(costs, key=lambda dc: dc[1])[0]  # min keeps the first of equal costs
+    return TrialsChoice(chosen=chosen, costs=costs, measure=measure)

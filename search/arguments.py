@@ -72,9 +72,10 @@ def _privacy_arguments(privacy) -> None:
     )
     privacy.add_argument(
         "--trials-distribution",
-        default="poisson",
-        choices=accounting.TRIAL_DISTRIBUTIONS,
-        help="random-stopping: distribution of K (mean --num-samples)",
+        default=accounting.AUTO,
+        choices=(accounting.AUTO, *accounting.TRIAL_DISTRIBUTIONS),
+        help="random-stopping: distribution of K (mean --num-samples); auto: the one whose "
+        "plan needs the least noise per trial (default: auto)",
     )
     privacy.add_argument("--eta", type=float, help="shape η of the negative-binomial")
     privacy.add_argument(

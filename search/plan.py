@@ -6,6 +6,7 @@ plan (and the same drawn K) instead of drawing again.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass, field, fields
@@ -132,25 +133,35 @@ def make_plan(
     # Multi-label AUC has no data-independent sensitivity: DP validation selects on the noisy
     # mean per-finding accuracy instead (trainers/validation.py).
     metric = space.metric if base.validation == "public" else "val_accuracy"
-    distribution, num_trials = _number_of_trials(mode, trials_distribution, num_samples, eta)
-    privacy_plan = _privacy_planner(
-        base, searched, mode=mode, delta=delta, num_trials=num_trials,
-        budget_epsilon=budget_epsilon, num_samples=num_samples, distribution=distribution,
-        trials_distribution=trials_distribution, releases_validation=releases_validation,
+    planner = functools.partial(
+        _privacy_planner, base, searched, mode=mode, delta=delta, budget_epsilon=budget_epsilon,
+        num_samples=num_samples, releases_validation=releases_validation,
         adaptive=not (searcher == "random" and scheduler == "fifo"), metric=metric,
         budgets=budgets, retry_epochs=retry_epochs,
     )  # fmt: skip
     val_sigma = base.val_noise_multiplier if releases_validation else 0.0
+    budget = functools.partial(
+        _budget_noise, base=base, searched=searched, n_train=n_train,
+        budget_epsilon=budget_epsilon, delta=delta, mode=mode, num_samples=num_samples,
+        val_sigma=val_sigma, releases_validation=releases_validation,
+    )  # fmt: skip
+    candidates = functools.partial(
+        candidate_mechanisms, base.to_dict(), searched, n_train, val_sigma, releases_validation
+    )
+    choice = None
+    if mode == "random-stopping" and trials_distribution == accounting.AUTO:
+        choice = _choose_trials(num_samples, planner, budget, candidates, budget_epsilon)
+        trials_distribution, eta = choice.chosen.kind, choice.chosen.eta
+    distribution, num_trials = _number_of_trials(mode, trials_distribution, num_samples, eta)
+    privacy_plan = planner(distribution=distribution, num_trials=num_trials, choice=choice)
     if budget_epsilon is not None:
-        privacy = _budgeted_privacy(
-            privacy_plan, base, searched, fixed, n_train=n_train, budget_epsilon=budget_epsilon,
-            delta=delta, mode=mode, num_samples=num_samples, val_sigma=val_sigma,
-            releases_validation=releases_validation,
-        )  # fmt: skip
+        noise_multiplier, worst = budget(privacy_plan)
+        fixed.update(noise_multiplier=noise_multiplier, target_epsilon=None)
+        for key in ("noise_multiplier", "target_epsilon"):
+            searched.pop(key, None)
+        privacy = privacy_plan([worst(noise_multiplier)], noise_multiplier)
     else:
-        privacy = privacy_plan(
-            candidate_mechanisms(base.to_dict(), searched, n_train, val_sigma, releases_validation)
-        )
+        privacy = privacy_plan(candidates())
     return SearchPlan(
         space=space.name,
         privacy=privacy,
@@ -288,7 +299,7 @@ def _privacy_planner(
     budget_epsilon: float | None,
     num_samples: int,
     distribution: accounting.TrialsDistribution | None,
-    trials_distribution: str,
+    choice: accounting.TrialsChoice | None,
     releases_validation: bool,
     adaptive: bool,
     metric: str,
@@ -309,8 +320,9 @@ def _privacy_planner(
             budget_epsilon=budget_epsilon,
             noise_multiplier=noise_multiplier,
             trials_mean=float(num_samples) if distribution else None,
-            trials_distribution=trials_distribution if distribution else None,
+            trials_distribution=distribution.kind if distribution else None,
             eta=distribution.eta if distribution else None,
+            trials_choice=choice.describe() if choice else None,
             validation=base.validation,
             val_noise_multiplier=base.val_noise_multiplier if releases_validation else None,
             adaptive=adaptive,
@@ -323,12 +335,29 @@ def _privacy_planner(
     return privacy_plan
 
 
-def _budgeted_privacy(
+def _choose_trials(num_samples, planner, budget, candidates, budget_epsilon):
+    """`--trials-distribution auto`: the distribution of K whose plan needs the smallest
+    per-trial σ for the budget, or, without a budget, gives the smallest search ε. Decided
+    from the plan alone (mechanisms, budget, mean), before K is drawn."""
+
+    def plan(distribution):
+        return planner(distribution=distribution, num_trials=1, choice=None)
+
+    if budget_epsilon is not None:
+        return accounting.choose_trials(
+            float(num_samples), lambda d: budget(plan(d))[0], measure="σ"
+        )
+    mechanisms = candidates()
+    return accounting.choose_trials(
+        float(num_samples), lambda d: plan(d)(mechanisms).epsilon(), measure="ε"
+    )
+
+
+def _budget_noise(
     privacy_plan,
+    *,
     base,
     searched: dict[str, Any],
-    fixed: dict[str, Any],
-    *,
     n_train: int,
     budget_epsilon: float,
     delta: float,
@@ -336,9 +365,9 @@ def _budgeted_privacy(
     num_samples: int,
     val_sigma: float,
     releases_validation: bool,
-) -> accounting.SearchPrivacyPlan:
-    """The privacy plan of a search with a budget: one σ, calibrated so that the worst case of
-    every trial meets it; fixes that σ in `fixed` and takes it out of `searched`."""
+):
+    """(σ, worst): the one σ with which the worst case of every trial meets the budget, and
+    the worst trial's mechanism as a function of σ."""
     if base.tan_reference_batch is not None or "tan_reference_batch" in searched:
         raise SearchError(
             "TAN trials scale σ down with their batch and spend more than a budget plans "
@@ -371,10 +400,7 @@ def _budgeted_privacy(
         delta=delta,
         what=f"{num_samples} trials of q={worst_q:.4g} and {worst_t} steps ({mode})",
     )
-    fixed.update(noise_multiplier=noise_multiplier, target_epsilon=None)
-    for key in ("noise_multiplier", "target_epsilon"):
-        searched.pop(key, None)
-    return privacy_plan([worst(noise_multiplier)], noise_multiplier)
+    return noise_multiplier, worst
 
 
 def _declared_budgets(budgets, base: dict, searched: dict) -> tuple[float, ...]:

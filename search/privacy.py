@@ -6,6 +6,9 @@ Examples:
     # σ so that a random search with K ~ Poisson(10), best one released, spends ε ≤ 8 in total:
     python search/privacy.py --sample-rate 0.08192 --steps 875 --delta 1e-5 --target-epsilon 8 \\
         --trials-mean 10 --trials-distribution poisson
+    # the same with the distribution of K that needs the least σ (and what each would need):
+    python search/privacy.py --sample-rate 0.08192 --steps 875 --delta 1e-5 --target-epsilon 8 \\
+        --trials-mean 10 --trials-distribution auto
     # how many composed trials of σ=1.1 fit in ε = 8:
     python search/privacy.py --sample-rate 0.01 --noise-multiplier 1.1 --steps 3000 \\
         --delta 1e-5 --target-epsilon 8
@@ -25,6 +28,7 @@ from dp_accounting import dp_event
 
 import accounting
 from accounting import (
+    AUTO,
     SEARCH_MODES,
     TRIAL_DISTRIBUTIONS,
     PrivacyLedger,
@@ -69,8 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     search = parser.add_argument_group("the search")
     search.add_argument("--num-trials", type=int, metavar="K", help="K trials, composed")
     search.add_argument("--trials-mean", type=float, metavar="M", help="E[K] for random stopping")
-    search.add_argument("--trials-distribution", choices=TRIAL_DISTRIBUTIONS, metavar="DIST",
-                        help=f"distribution of K: {', '.join(TRIAL_DISTRIBUTIONS)}")  # fmt: skip
+    search.add_argument(
+        "--trials-distribution",
+        choices=(AUTO, *TRIAL_DISTRIBUTIONS),
+        metavar="DIST",
+        help=f"distribution of K: {', '.join(TRIAL_DISTRIBUTIONS)}, or auto: the one needing "
+        "the least σ (or giving the least search ε)",
+    )
     search.add_argument("--eta", type=float, help="shape η of the negative-binomial")
     search.add_argument("--ledger", metavar="PATH", help="experiment dir or privacy_ledger.jsonl")
     search.add_argument(
@@ -101,7 +110,8 @@ def _inf(value) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
 
-def _distribution(args) -> TrialsDistribution | None:
+def _distribution(args, auto=None) -> TrialsDistribution | None:
+    """The distribution of K the flags name; `auto(mean)` picks it for `auto` (planning only)."""
     if args.trials_distribution is None and args.trials_mean is None:
         if args.eta is not None:
             raise accounting.AccountingError("--eta needs --trials-distribution negative-binomial.")
@@ -114,7 +124,44 @@ def _distribution(args) -> TrialsDistribution | None:
         raise accounting.AccountingError(
             "give either --num-trials (composition) or a trial distribution (random stopping)."
         )
+    if args.trials_distribution == AUTO:
+        if auto is None:
+            raise accounting.AccountingError(
+                "--trials-distribution auto chooses K's distribution when planning; a recorded "
+                "search is read with the one it ran with: drop it."
+            )
+        if args.eta is not None:
+            raise accounting.AccountingError(
+                "auto chooses η itself; drop --eta, or name the distribution."
+            )
+        return auto(args.trials_mean)
     return TrialsDistribution(kind=args.trials_distribution, mean=args.trials_mean, eta=args.eta)
+
+
+def _choose(args, mean: float, choices: list) -> TrialsDistribution:
+    """`auto`: the distribution of K with the least calibrated σ (a budget and no σ), else
+    the least search ε for the given trial."""
+    q, steps, delta = args.sample_rate, args.steps, args.delta
+    if None in (q, steps, delta) or (args.noise_multiplier is None and args.target_epsilon is None):
+        raise accounting.AccountingError(
+            "auto needs the trial: give --sample-rate, --steps, --delta and --noise-multiplier "
+            "(or --target-epsilon to calibrate it)."
+        )
+    if args.noise_multiplier is None:
+        choice = accounting.choose_trials(mean, lambda d: plan_noise_multiplier(
+            budget_epsilon=args.target_epsilon, delta=delta, sample_rate=q, steps=steps,
+            mode="random-stopping", distribution=d,
+        ), measure="σ")  # fmt: skip
+    else:
+        trial = accounting.dp_sgd_event(
+            sample_rate=q, noise_multiplier=args.noise_multiplier, steps=steps
+        )
+        choice = accounting.choose_trials(
+            mean, lambda d: accounting.repeat_and_select_epsilon([trial], distribution=d,
+                                                                 delta=delta), measure="ε",
+        )  # fmt: skip
+    choices.append(choice)
+    return choice.chosen
 
 
 def _eps(value: float) -> str:
@@ -139,7 +186,8 @@ def _plan(args) -> tuple[dict, list[str]]:
         )
     if args.steps < 1:
         raise accounting.AccountingError(f"--steps must be ≥ 1 (got {args.steps}).")
-    distribution = _distribution(args)
+    choices: list[accounting.TrialsChoice] = []
+    distribution = _distribution(args, auto=lambda mean: _choose(args, mean, choices))
     if args.num_trials is not None and args.num_trials < 1:
         raise accounting.AccountingError(f"--num-trials must be ≥ 1 (got {args.num_trials}).")
     mode = "random-stopping" if distribution else "composition" if args.num_trials else "none"
@@ -193,7 +241,11 @@ def _plan(args) -> tuple[dict, list[str]]:
             epsilon=search.epsilon, covers=search.covers, search_accountant=search.accountant
         )
         if distribution:
-            result.update(trials_distribution=distribution.kind, trials_mean=distribution.mean)
+            result.update(trials_distribution=distribution.kind, trials_mean=distribution.mean,
+                          eta=distribution.eta)  # fmt: skip
+        if choices:
+            result["trials_choice"] = {d.describe(): c for d, c in choices[0].costs}
+            lines.append(choices[0].describe() + ".")
         else:
             result["num_trials"] = args.num_trials
         lines.append(

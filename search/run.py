@@ -260,6 +260,8 @@ def _describe(plan, experiment_dir: Path) -> None:
             f"No budget given: each trial calibrates σ to its own target_epsilon; the plan "
             f"bounds the {len(privacy.candidates)} mechanism(s) the space can run."
         )
+    if privacy.trials_choice:
+        print(f"Trials: {privacy.trials_choice}.")
     print(f"Validation: {privacy.describe_validation()}.")
     if privacy.retry_epochs:
         where = "per trial" if plan.mode == "random-stopping" else "in all"

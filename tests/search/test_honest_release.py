@@ -184,3 +184,36 @@ def test_the_trainer_log_never_rounds_epsilon_down(caplog):
     final = train(make_config(tiny(epochs=1, target_epsilon=2.0)))
     shown = [float(v) for v in re.findall(r"trial ε ≤ ([0-9.]+)", caplog.text)]
     assert shown and shown[-1] >= final["epsilon"] and not math.isclose(shown[-1], 0)
+
+
+# --- the distribution of K: auto --------------------------------------------------------------
+
+
+def test_auto_picks_the_distribution_needing_the_least_noise_for_the_budget():
+    auto = plan_for(mode="random-stopping", searcher="random", budget_epsilon=6.0,
+                    trials_distribution="auto", num_samples=6).privacy  # fmt: skip
+    assert auto.epsilon() <= 6.0
+    assert auto.trials_choice.startswith("auto chose K ~ ") and "σ =" in auto.trials_choice
+    for kind in ("poisson", "geometric", "logarithmic"):
+        named = plan_for(mode="random-stopping", searcher="random", budget_epsilon=6.0,
+                         trials_distribution=kind, num_samples=6).privacy  # fmt: skip
+        assert named.trials_choice is None
+        assert auto.noise_multiplier <= named.noise_multiplier * (1 + 1e-9)
+    # The choice is saved with the plan (search.json) and read back.
+    loaded = accounting.SearchPrivacyPlan.from_dict(auto.to_dict())
+    assert loaded.trials_choice == auto.trials_choice and loaded.distribution == auto.distribution
+
+
+def test_auto_without_a_budget_picks_the_least_search_epsilon():
+    auto = plan_for(mode="random-stopping", searcher="random", trials_distribution="auto")
+    named = plan_for(mode="random-stopping", searcher="random", trials_distribution="poisson")
+    assert "search ε" in auto.privacy.trials_choice
+    assert auto.privacy.epsilon() <= named.privacy.epsilon()
+
+
+def test_auto_applies_to_random_stopping_only_and_takes_no_eta():
+    from search.plan import SearchError
+
+    assert plan_for(trials_distribution="auto").privacy.trials_choice is None  # composition
+    with pytest.raises(SearchError, match="--eta"):
+        plan_for(mode="random-stopping", searcher="random", trials_distribution="auto", eta=0.5)

@@ -138,3 +138,30 @@ def test_ledger_audit_reads_the_plan_and_equals_the_results_layer(tmp_path, mode
                   ["--trials-distribution", "poisson", "--trials-mean", "3"]):  # fmt: skip
         refused = run("search/privacy.py", "--ledger", str(directory), *flags)
         assert_one_sentence_error(refused, "contradicts the experiment's plan")
+
+
+def test_auto_chooses_the_distribution_with_the_least_search_epsilon():
+    result = run("search/privacy.py", *DE_ET_AL, "--noise-multiplier", "10", "--trials-mean",
+                 "10", "--trials-distribution", "auto", "--json")  # fmt: skip
+    data = last_json(result)
+    assert data["trials_distribution"] == "logarithmic" and data["mode"] == "random-stopping"
+    assert data["epsilon"] == min(data["trials_choice"].values())
+    assert data["trials_choice"]["poisson (mean 10)"] == pytest.approx(2.29, abs=6e-3)
+    assert "auto chose K ~ logarithmic (mean 10)" in result.stdout
+
+
+def test_auto_with_a_budget_chooses_the_least_sigma_and_meets_the_budget():
+    args = ["--target-epsilon", "8", "--trials-mean", "10", "--trials-distribution", "auto"]
+    data = last_json(run("search/privacy.py", *DE_ET_AL, *args, "--json"))
+    assert data["noise_multiplier"] == min(data["trials_choice"].values())
+    assert 7.92 <= data["epsilon"] <= 8.0
+
+
+def test_auto_refuses_eta_and_a_recorded_search(tmp_path):
+    base = [*DE_ET_AL, "--noise-multiplier", "3", "--trials-mean", "5"]
+    result = run("search/privacy.py", *base, "--trials-distribution", "auto", "--eta", "0.5")
+    assert_one_sentence_error(result, "drop --eta")
+    (tmp_path / "privacy_ledger.jsonl").write_text("")  # an empty ledger, no plan beside it
+    result = run("search/privacy.py", "--ledger", str(tmp_path), "--delta", "1e-5",
+                 "--trials-mean", "5", "--trials-distribution", "auto")  # fmt: skip
+    assert_one_sentence_error(result, "drop it")

@@ -76,6 +76,31 @@ def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
     assert "only the best one released" in (directory / "pareto.md").read_text()
 
 
+def test_scatternet_search_chooses_k_automatically_and_computes_features_once(tmp_path):
+    """`search/run.py --space fmnist_scatternet` with random stopping and the default
+    `--trials-distribution auto`, on tiny synthetic 28×28 data."""
+    result = search(
+        "--space", "fmnist_scatternet", "--set", "dataset=synthetic",
+        "--set", "synthetic_examples=320", "--set", "synthetic_image_size=28",
+        "--set", "validation_fraction=0.2", "--set", "batch_size=64", "--set", "epochs=2",
+        "--set", "delta=1e-4", "--num-samples", "3", "--target-epsilon", "6",
+        "--search-accounting", "random-stopping", "--storage-path", str(tmp_path),
+        "--name", "scatter", "--num-cpus", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    directory = tmp_path / "scatter"
+    plan = json.loads((directory / "search.json").read_text())["privacy"]
+    assert plan["trials_choice"].startswith("auto chose K ~ ")
+    assert f"Trials: {plan['trials_choice']}." in result.stdout
+    assert plan["trials_distribution"] in accounting.TRIAL_DISTRIBUTIONS
+    trials = {r.trial_id for r in read_ledger(directory)}
+    assert len(trials) == plan["num_trials"]
+    if trials:  # every trial trained on the one cached copy of the scattering features
+        assert len(list((directory / "feature_cache").glob("scatternet-*.pt"))) == 1
+    release = search_epsilon(directory)
+    assert release.spent <= release.epsilon <= 6.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
