@@ -20,29 +20,18 @@ import dataclasses
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _search import run_search as launch
+
 import accounting
 import results
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def run_search(storage: Path, name: str, space: str, samples: int) -> dict:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "search/run.py", "--space", space, "--num-samples", str(samples),
-         "--storage-path", str(storage), "--name", name],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )  # fmt: skip
-    wall = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"search {name} failed:\n{result.stderr[-3000:]}")
+    wall = launch(storage, name, "--space", space, "--num-samples", str(samples))
     experiment = results.load_experiment(storage / name)
     plan = experiment.privacy
     delta = plan.delta

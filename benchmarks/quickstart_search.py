@@ -12,28 +12,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
+from _search import run_search as launch
 
 
 def run_search(storage: Path, name: str, *extra: str) -> dict:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "search/run.py", "--space", "fmnist_quick", "--storage-path",
-         str(storage), "--name", name, *extra],
-        cwd=ROOT, capture_output=True, text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )  # fmt: skip
-    wall = time.monotonic() - started
-    if result.returncode != 0:
-        sys.exit(f"search {name} failed:\n{result.stderr[-3000:]}")
+    wall = launch(storage, name, "--space", "fmnist_quick", *extra)
     trials = pd.read_csv(storage / name / "trials.csv")
     return {
         "name": name,
