@@ -2,12 +2,13 @@
 counted), end to end through `search/run.py` on the real data, embedded local Ray, CPU.
 
 Each budget runs one random-stopping search of the `fmnist_scatternet` space (Tramèr & Boneh's
-ScatterNet features; linear head or small CNN; learning rate, clip norm, GroupNorm groups
-searched) with `--target-epsilon E`: the planner picks the distribution of K (`auto`) and one σ
-for every trial such that the released model's ε — the search, every trial it may run and the
-noisy validation scores included — is at most E. Batch size and epochs are fixed (8192, 40:
-Tramèr & Boneh's) because a budget plans σ for the largest q and T the space allows: fixing
-them spends the whole budget on the trials that run.
+ScatterNet features; learning rate, clip norm and GroupNorm groups searched) with
+`--target-epsilon E`: the planner picks the distribution of K (`auto`) and one σ for every
+trial such that the released model's ε — the search, every trial it may run and the noisy
+validation scores included — is at most E. Fixed, from the published record only: the linear
+head (their best on Fashion-MNIST), batch size and epochs (8192, 40: their recipe; a budget
+plans σ for the largest q and T the space allows, so fixing them spends the whole budget on
+the trials that run).
 
 Reported per budget: the released model's test accuracy, the search ε (the plan's), the
 per-trial ε (one trial alone), σ, the distribution auto chose, wall time — and, analyst-only,
@@ -40,7 +41,7 @@ PUBLISHED = {
 """Published Fashion-MNIST test accuracies at ε = 3, δ = 1e-5, none counting the search."""
 TARGET = 0.885
 """The issue's target at total ε = 3 (above every uncounted end-to-end number)."""
-FIXED = ("batch_size=8192", "epochs=40")
+FIXED = ("model=scatter_linear", "batch_size=8192", "epochs=40")
 VALIDATION_NOISE = {1.0: 60.0}
 """σ_v of the noisy validation scores where the default (20) alone would not fit the budget."""
 
@@ -64,6 +65,7 @@ def run_budget(storage: Path, budget: float, mean_trials: int) -> dict:
     )
     release = results.build_report(experiment).releases[0]
     chosen = experiment.trials.set_index("trial_id").loc[release["trial_id"]]
+    searched = ("model", "learning_rate", "max_grad_norm", "frontend_norm_groups")
     return {
         "total_epsilon_budget": budget,
         "search_epsilon": experiment.search_epsilon().epsilon,
@@ -75,11 +77,8 @@ def run_budget(storage: Path, budget: float, mean_trials: int) -> dict:
         "trials_choice": plan.trials_choice,
         "mean_trials": mean_trials,
         "trials_run_analyst_only": len(experiment.trials),
-        "released_model": str(chosen.get("model")),
-        "released_config": {
-            k: _plain(chosen.get(k))
-            for k in ("model", "learning_rate", "max_grad_norm", "frontend_norm_groups")
-        },
+        "released_model": str(chosen.get("config/model")),
+        "released_config": {k: _plain(chosen.get(f"config/{k}")) for k in searched},
         "released_noisy_val_accuracy": release["val_score"],
         "released_test_accuracy": release["test_score"],
         "wall_s": wall,
