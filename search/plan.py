@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -343,10 +344,14 @@ def _choose_trials(num_samples, planner, budget, candidates, budget_epsilon):
     def plan(distribution):
         return planner(distribution=distribution, num_trials=1, choice=None)
 
+    def sigma(distribution) -> float:
+        try:
+            return budget(plan(distribution))[0]
+        except (SearchError, accounting.AccountingError):
+            return math.inf  # cannot meet the budget (the chosen one says why, if none can)
+
     if budget_epsilon is not None:
-        return accounting.choose_trials(
-            float(num_samples), lambda d: budget(plan(d))[0], measure="σ"
-        )
+        return accounting.choose_trials(float(num_samples), sigma, measure="σ")
     mechanisms = candidates()
     return accounting.choose_trials(
         float(num_samples), lambda d: plan(d)(mechanisms).epsilon(), measure="ε"

@@ -217,3 +217,18 @@ def test_auto_applies_to_random_stopping_only_and_takes_no_eta():
     assert plan_for(trials_distribution="auto").privacy.trials_choice is None  # composition
     with pytest.raises(SearchError, match="--eta"):
         plan_for(mode="random-stopping", searcher="random", trials_distribution="auto", eta=0.5)
+
+
+def test_auto_skips_distributions_that_cannot_meet_the_budget():
+    """With σ_v = 10 and ε = 1.28, the validation scores alone fit the budget under Poisson K
+    (1.27) but not geometric (1.54) or logarithmic (1.30) K: auto takes one that fits."""
+    from search.plan import SearchError
+
+    overrides = {**SYNTHETIC, "val_noise_multiplier": 10.0}
+    auto = plan_for(mode="random-stopping", searcher="random", budget_epsilon=1.28,
+                    trials_distribution="auto", overrides=overrides).privacy  # fmt: skip
+    assert auto.trials_distribution == "poisson" and auto.epsilon() <= 1.28
+    assert "geometric (mean 4) σ = inf" in auto.trials_choice
+    with pytest.raises(SearchError, match="validation scores alone"):  # none fits: the reason
+        plan_for(mode="random-stopping", searcher="random", budget_epsilon=1.0,
+                 trials_distribution="auto", overrides=overrides)  # fmt: skip
