@@ -53,9 +53,10 @@ def repeat_and_select_rdp(
     orders = np.asarray(orders, dtype=np.float64)
     rdp = np.asarray(rdp, dtype=np.float64)
     # NOTE: dp_accounting's compute_delta takes log1p(-exp(-r)), which fails for a positive r
-    # so small that exp(-r) rounds to 1 (a trial with huge σ: the planner probes σ = 1e9).
-    # Raising such r to TINY_RDP only overstates the loss (never rounds ε down).
-    rdp = np.where((rdp > 0) & (rdp < TINY_RDP), TINY_RDP, rdp)
+    # so small that exp(-r) rounds to 1 (a trial with huge σ: the planner probes σ = 1e9), and
+    # reads a slightly negative r (float error of the subsampled Gaussian) as δ = 0. Raising
+    # every r below TINY_RDP to it only overstates the loss (never rounds ε down).
+    rdp = np.maximum(rdp, TINY_RDP)
     with quiet_dp_accounting():
         selected = _rdp_lib._compute_rdp_repeat_and_select(orders, rdp, float(mean), float(shape))
     return np.asarray(selected, dtype=np.float64)

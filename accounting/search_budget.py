@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from dp_accounting import dp_event
 
-from accounting.mechanism import AccountingError, calibrate_noise, dp_sgd_event, epsilon
+from accounting.mechanism import (
+    AccountingError,
+    calibrate_noise,
+    dp_sgd_event,
+    epsilon,
+    round_up,
+)
 from accounting.selection import SEARCH_MODES, TrialsDistribution
 
 
@@ -116,7 +122,9 @@ class TrialsChoice:
         """One sentence: what was chosen and why, with the alternatives' costs."""
         best = dict(self.costs)[self.chosen]
         others = ", ".join(
-            f"{d.describe()} {self.measure} = {c:.4g}" for d, c in self.costs if d != self.chosen
+            f"{d.describe()} {self.measure} = {_shown(c)}"
+            for d, c in self.costs
+            if d != self.chosen
         )
         what = "per-trial σ that meets the budget" if self.measure == "σ" else "search ε"
         empty = ""
@@ -125,8 +133,14 @@ class TrialsChoice:
             empty = f"; it draws K = 0, releasing nothing, with probability {chance:.2g}"
         return (
             f"auto chose K ~ {self.chosen.describe()}: the smallest {what}, "
-            f"{self.measure} = {best:.4g} (vs {others}){empty}"
+            f"{self.measure} = {_shown(best)} (vs {others}){empty}"
         )
+
+
+def _shown(value: float) -> str:
+    # Rounded up: an ε shown must never be below the bound, and a σ shown, if copied, must not
+    # spend more than planned.
+    return f"{round_up(value, 4):g}"
 
 
 def auto_candidates(mean: float) -> tuple[TrialsDistribution, ...]:

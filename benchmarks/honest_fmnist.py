@@ -41,6 +41,11 @@ PUBLISHED = {
 """Published Fashion-MNIST test accuracies at ε = 3, δ = 1e-5, none counting the search."""
 TARGET = 0.885
 """The issue's target at total ε = 3 (above every uncounted end-to-end number)."""
+CAVEAT = (
+    "The space's ranges and fixed settings come from Tramèr & Boneh's published recipe, which "
+    "was tuned on Fashion-MNIST without counting that search: on Fashion-MNIST this prior "
+    "knowledge is a leak no ε covers. The ε printed covers everything this search did."
+)
 FIXED = ("model=scatter_linear", "batch_size=8192", "epochs=40")
 VALIDATION_NOISE = {1.0: 60.0}
 """σ_v of the noisy validation scores where the default (20) alone would not fit the budget."""
@@ -110,6 +115,7 @@ def main() -> None:
             f"released {run['released_model']} test accuracy "
             f"{run['released_test_accuracy']:.4f} in {run['wall_s']:.0f} s"
         )
+    print(CAVEAT)
     at3 = [r for r in runs if r["total_epsilon_budget"] == 3.0]
     figures = {
         "benchmark": "honest_fmnist",
@@ -118,6 +124,7 @@ def main() -> None:
         "published_uncounted": PUBLISHED,
         "target_at_total_epsilon_3": TARGET,
         "meets_target": bool(at3) and at3[0]["released_test_accuracy"] >= TARGET,
+        "caveat": CAVEAT,
         "runs": runs,
     }
     if args.json:

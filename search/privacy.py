@@ -243,11 +243,11 @@ def _plan(args) -> tuple[dict, list[str]]:
         if distribution:
             result.update(trials_distribution=distribution.kind, trials_mean=distribution.mean,
                           eta=distribution.eta)  # fmt: skip
+        else:
+            result["num_trials"] = args.num_trials
         if choices:
             result["trials_choice"] = {d.describe(): c for d, c in choices[0].costs}
             lines.append(choices[0].describe() + ".")
-        else:
-            result["num_trials"] = args.num_trials
         lines.append(
             f"the search: ε = {_eps(search.epsilon)} at δ={delta:g}, covering {search.covers}."
         )

@@ -36,6 +36,11 @@ def audit_trial(
     """
     if not config.private:
         raise TrainerError("an audit needs a private trial (private=true): ε is ∞ otherwise.")
+    if kind == "input" and config.frontend != "none":
+        raise TrainerError(
+            f"input canaries are images, and frontend={config.frontend} trains on features: "
+            "audit this trial with gradient canaries (--kind gradient)."
+        )
     if kind == "input" and config.feature_cache:
         # Features cached for the data set would leave the canaries out (and a cache written
         # with them in would serve later trials): the backbone runs on every step instead.

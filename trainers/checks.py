@@ -8,6 +8,7 @@ import copy
 
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits
+from trainers.frontends import frontend_shape
 from trainers.layers import select_trainable
 from trainers.models import build_model, check_pretrained_file
 from trainers.steps import clipping_engine
@@ -41,13 +42,15 @@ def check_runnable(configs: list[TrainConfig], splits: Splits) -> None:
     for config in configs:
         check_fits_data(config, len(splits.train))
         check_pretrained_file(config)
-        size = config.image_size or splits.image_size
-        key = (config.model, config.pretrained, config.pretrained_file, size, config.seed)
+        channels, size = frontend_shape(
+            config, splits.channels, config.image_size or splits.image_size
+        )
+        key = (config.model, config.pretrained, config.pretrained_file, size, channels,
+               config.seed)  # fmt: skip
         if key not in built:
             built[key] = build_model(
-                config, in_channels=splits.channels, num_classes=splits.num_classes,
-                image_size=size,
-            )  # fmt: skip
+                config, in_channels=channels, num_classes=splits.num_classes, image_size=size
+            )
         model = copy.deepcopy(built[key])
         select_trainable(model, config)
         if config.private:

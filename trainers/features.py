@@ -62,8 +62,9 @@ def cache_key(config: TrainConfig) -> str:
     elif not config.pretrained:
         weights["seed"] = config.seed  # random weights: the initialisation seed decides them
     fields = {"format": FORMAT_VERSION, "timm": timm.__version__, "model": config.model,
-              "weights": weights, "frontend": config.frontend,
-              "frontend_norm_groups": config.frontend_norm_groups}  # fmt: skip
+              "weights": weights}  # fmt: skip
+    if config.frontend != "none":  # the head's input is then the normalised frontend features
+        fields.update(frontend=config.frontend, frontend_norm_groups=config.frontend_norm_groups)
     return f"{config.model}-{digest({**fields, **data_fields(config)})}"
 
 

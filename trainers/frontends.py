@@ -18,6 +18,7 @@ reuses one cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 
@@ -41,7 +42,8 @@ FORMAT_VERSION = 1
 
 class ScatterNet(nn.Module):
     """The 2-D scattering transform of Oyallon & Mallat (kymatio), as Tramèr & Boneh used it:
-    (B, C, H, W) images in [0, 1] → (B, 81·C, H/4, W/4) features. No parameters."""
+    (B, C, H, W) images in [0, 1] → (B, 81·C, H/4, W/4) features (sides divisible by 4:
+    `frontend_shape` checks them). No parameters."""
 
     def __init__(self, height: int, width: int) -> None:
         super().__init__()
@@ -49,15 +51,37 @@ class ScatterNet(nn.Module):
         # (`sph_harm` was removed); the 2-D frontend alone imports cleanly.
         from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
-        if height % 4 or width % 4:
-            raise TrainerError(
-                f"the ScatterNet frontend needs image sides divisible by 4 (got {height}×{width});"
-                " set image_size to a multiple of 4."
-            )
         self.scattering = ScatteringTorch2D(J=SCATTERING_J, shape=(height, width), L=SCATTERING_L)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.scattering(images.contiguous()).flatten(1, 2)
+
+
+def frontend_key(config: TrainConfig) -> dict:
+    """What a frontend's features depend on besides the images (for cache keys)."""
+    return {"format": FORMAT_VERSION, "frontend": config.frontend, "J": SCATTERING_J,
+            "L": SCATTERING_L, "kymatio": _kymatio_version()}  # fmt: skip
+
+
+def frontend_shape(config: TrainConfig, channels: int, side: int) -> tuple[int, int]:
+    """(channels, side) of the features `config.frontend` makes of channels × side² images,
+    or a TrainerError saying which setting cannot work (checked before any feature exists)."""
+    if config.frontend == "none":
+        return channels, side
+    if side % 4:
+        raise TrainerError(
+            f"the ScatterNet frontend needs image sides divisible by 4 (got {side}); set "
+            "image_size to a multiple of 4."
+        )
+    out = channels * (1 + SCATTERING_J * SCATTERING_L + SCATTERING_L**2 * SCATTERING_J
+                      * (SCATTERING_J - 1) // 2)  # fmt: skip
+    groups = config.frontend_norm_groups
+    if groups and out % groups:
+        raise TrainerError(
+            f"frontend_norm_groups={groups} does not divide the frontend's {out} channels; "
+            "choose a divisor (e.g. 9, 27 or 81 for ScatterNet on greyscale)."
+        )
+    return out, side // 4
 
 
 def frontend_splits(config: TrainConfig, splits: Splits, device: torch.device) -> Splits:
@@ -66,6 +90,7 @@ def frontend_splits(config: TrainConfig, splits: Splits, device: torch.device) -
     if config.frontend == "none":
         return splits
     size = config.image_size or splits.image_size
+    frontend_shape(config, splits.channels, size)
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
 
     def compute() -> dict:
@@ -80,12 +105,18 @@ def frontend_splits(config: TrainConfig, splits: Splits, device: torch.device) -
         return {**features, "meta": {"frontend": config.frontend}}
 
     if config.feature_cache:
-        key = {"format": FORMAT_VERSION, "frontend": config.frontend, "J": SCATTERING_J,
-               "L": SCATTERING_L, "kymatio": _kymatio_version(), **data_fields(config)}  # fmt: skip
+        # Keyed by the images themselves too: data files replaced under the same settings get
+        # features of their own, never another data set's.
+        key = {**frontend_key(config), **data_fields(config), "images": _images_digest(parts)}
         features, _ = compute_once(cache_path(config, f"{config.frontend}-{digest(key)}"), compute)
     else:
         features = compute()
     train = features["train"]
+    if any(len(features[n]) != len(p) for n, p in parts.items() if p is not None):
+        raise TrainerError(  # only a damaged cache file can get here
+            f"the cached {config.frontend} features do not match the data; delete "
+            f"{config.feature_cache_dir or 'the feature cache'} and run again."
+        )
     return replace(
         splits,
         train=TensorDataset(train, splits.train.tensors[1]),
@@ -126,6 +157,15 @@ def _transform(frontend, images, size, device, batch_size) -> torch.Tensor:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         out.append(frontend(x).cpu())
     return torch.cat(out)
+
+
+def _images_digest(parts: dict) -> str:
+    hasher = hashlib.sha256()
+    for name, part in parts.items():
+        if part is not None:
+            hasher.update(name.encode())
+            hasher.update(part.tensors[0].contiguous().numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def _kymatio_version() -> str:

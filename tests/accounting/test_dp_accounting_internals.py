@@ -156,12 +156,21 @@ def test_repeat_and_select_of_a_curve_no_event_expresses():
 
 
 @pytest.mark.parametrize("shape", [math.inf, 1.0, 0.5, 0.0])
-def test_repeat_and_select_of_a_nearly_silent_trial_is_tiny_and_never_fails(shape):
-    """A trial with σ = 1e9 has RDP ~1e-19: dp_accounting's own code raises a math domain
-    error there for Poisson K (exp(-r) rounds to 1); ours raises r to TINY_RDP, which only
-    overstates."""
-    orders, rdp = _curve(dp_event.GaussianDpEvent(1e9))
-    assert 0 < rdp[rdp > 0].min() < TINY_RDP
+@pytest.mark.parametrize(
+    "event",
+    [
+        dp_event.GaussianDpEvent(1e9),
+        dp_event.PoissonSampledDpEvent(1 / 7, dp_event.GaussianDpEvent(1e9)),
+    ],  # fmt: skip
+    ids=["gaussian", "subsampled"],
+)
+def test_repeat_and_select_of_a_nearly_silent_trial_is_tiny_and_never_fails(shape, event):
+    """A trial with σ = 1e9 (the planner's probe) has RDP ~1e-19, or a float error below 0
+    when subsampled: dp_accounting's own code raises a math domain error on the first for
+    Poisson K (exp(-r) rounds to 1) and reads the second as δ = 0; ours raises every r below
+    TINY_RDP to it, which only overstates."""
+    orders, rdp = _curve(event)
+    assert rdp.min() < TINY_RDP
     selected = repeat_and_select_rdp(orders, rdp, mean=5.0, shape=shape)
     floor = repeat_and_select_rdp(orders, np.maximum(rdp, TINY_RDP), mean=5.0, shape=shape)
     assert np.all(np.isfinite(selected[orders > 1])) and np.array_equal(selected, floor)

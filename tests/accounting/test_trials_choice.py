@@ -35,7 +35,9 @@ def test_auto_picks_the_cheapest_and_says_what_each_costs():
     assert {d.kind for d in costs} == {"poisson", "geometric", "negative-binomial", "logarithmic"}
     assert all(d.mean == 10.0 for d in costs)
     text = choice.describe()
-    assert "logarithmic" in text and "poisson (mean 10) ε = 2.29" in text
+    # Every figure shown is rounded up (ε must never be shown below its bound).
+    assert "logarithmic" in text and "poisson (mean 10) ε = 2.2898" in text
+    assert f"ε = {accounting.round_up(costs[choice.chosen], 4):g} (vs" in text
 
 
 def test_auto_is_not_always_the_heaviest_tail():

@@ -145,6 +145,7 @@ def test_auto_chooses_the_distribution_with_the_least_search_epsilon():
                  "10", "--trials-distribution", "auto", "--json")  # fmt: skip
     data = last_json(result)
     assert data["trials_distribution"] == "logarithmic" and data["mode"] == "random-stopping"
+    assert "num_trials" not in data  # K is drawn, not given
     assert data["epsilon"] == min(data["trials_choice"].values())
     assert data["trials_choice"]["poisson (mean 10)"] == pytest.approx(2.29, abs=6e-3)
     assert "auto chose K ~ logarithmic (mean 10)" in result.stdout

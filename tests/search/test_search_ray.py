@@ -76,7 +76,7 @@ def test_random_stopping_draws_k_and_stays_within_budget(tmp_path):
     assert "only the best one released" in (directory / "pareto.md").read_text()
 
 
-def test_scatternet_search_chooses_k_automatically_and_computes_features_once(tmp_path):
+def test_scatternet_search_chooses_k_automatically_and_shares_one_feature_cache(tmp_path):
     """`search/run.py --space fmnist_scatternet` with random stopping and the default
     `--trials-distribution auto`, on tiny synthetic 28×28 data."""
     result = search(
@@ -95,7 +95,8 @@ def test_scatternet_search_chooses_k_automatically_and_computes_features_once(tm
     assert plan["trials_distribution"] in accounting.TRIAL_DISTRIBUTIONS
     trials = {r.trial_id for r in read_ledger(directory)}
     assert len(trials) == plan["num_trials"]
-    if trials:  # every trial trained on the one cached copy of the scattering features
+    if trials:  # K may be 0 under Poisson K; otherwise the trials share one copy of the
+        # features (computing them once under a lock: tests/trainers/test_frontends.py)
         assert len(list((directory / "feature_cache").glob("scatternet-*.pt"))) == 1
     release = search_epsilon(directory)
     assert release.spent <= release.epsilon <= 6.0

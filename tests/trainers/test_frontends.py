@@ -83,9 +83,42 @@ def test_both_clipping_engines_train_the_same_scattering_model(tmp_path):
         ({"frontend": "wavelets"}, "unknown frontend"),
         ({"augmult": 2}, "set augmult=0"),
         ({"frontend_norm_groups": 10}, "does not divide"),
+        ({"frontend_norm_groups": 0, "synthetic_image_size": 30}, "divisible by 4"),
         ({"synthetic_image_size": 30}, "divisible by 4"),
     ],
 )
 def test_bad_frontend_settings_say_what_to_do(tmp_path, overrides, fragment):
     with pytest.raises(TrainerError, match=fragment):
         train(scattering(feature_cache_dir=str(tmp_path), **overrides))
+
+
+def test_the_feature_cache_is_keyed_by_the_images_themselves(tmp_path):
+    """Data files replaced under the same settings get features of their own."""
+    from torch.utils.data import TensorDataset
+
+    config = scattering(feature_cache_dir=str(tmp_path))
+    splits = load_splits(config)
+    first = frontend_splits(config, splits, CPU).train.tensors[0]
+    images, labels = splits.train.tensors
+    changed = frontend_splits(config, _with_train(splits, TensorDataset(255 - images, labels)), CPU)
+    assert len(list(tmp_path.glob("scatternet-*.pt"))) == 2
+    assert not torch.equal(changed.train.tensors[0], first)
+
+
+def test_bad_frontend_settings_fail_before_any_feature_is_computed(tmp_path):
+    """A search checks every trial it can draw (`check_runnable`) before the first runs."""
+    from trainers import check_runnable
+
+    config = scattering(feature_cache_dir=str(tmp_path))
+    splits = load_splits(config)
+    check_runnable([config, scattering(model="scatter_cnn")], splits)
+    with pytest.raises(TrainerError, match="does not divide the frontend's 81 channels"):
+        check_runnable([scattering(frontend_norm_groups=10)], splits)
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_an_audit_with_input_canaries_refuses_a_frontend():
+    from trainers.audit import audit_trial
+
+    with pytest.raises(TrainerError, match="gradient canaries"):
+        audit_trial(scattering(), kind="input", canaries=10)
