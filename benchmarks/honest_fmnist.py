@@ -62,15 +62,23 @@ def run_budget(storage: Path, budget: float, mean_trials: int) -> dict:
     for item in sets:
         args += ["--set", item]
     wall = run_search(storage, name, *args)
-    experiment = results.load_experiment(storage / name)
+    return summarise(storage / name, budget, mean_trials, args, wall)
+
+
+def summarise(directory: Path, budget: float, mean_trials: int, args: list, wall: float) -> dict:
+    """The figures of one finished search (its experiment directory)."""
+    experiment = results.load_experiment(directory)
     plan = experiment.privacy
     worst = plan.candidates[0]
     trial = accounting.dp_sgd_event(
         sample_rate=worst.sample_rate, noise_multiplier=worst.noise_multiplier, steps=worst.steps
     )
     release = results.build_report(experiment).releases[0]
-    chosen = experiment.trials.set_index("trial_id").loc[release["trial_id"]]
-    searched = ("model", "learning_rate", "max_grad_norm", "frontend_norm_groups")
+    folders = list(directory.glob(f"dp_trial_{release['trial_id']}_*/params.json"))
+    fixed = json.loads((directory / accounting.PLAN_FILENAME).read_text())["search"]["fixed"]
+    config = {**fixed, **(json.loads(folders[0].read_text()) if folders else {})}
+    shown = ("model", "learning_rate", "max_grad_norm", "frontend_norm_groups", "batch_size",
+             "epochs")  # fmt: skip
     return {
         "total_epsilon_budget": budget,
         "search_epsilon": experiment.search_epsilon().epsilon,
@@ -82,17 +90,12 @@ def run_budget(storage: Path, budget: float, mean_trials: int) -> dict:
         "trials_choice": plan.trials_choice,
         "mean_trials": mean_trials,
         "trials_run_analyst_only": len(experiment.trials),
-        "released_model": str(chosen.get("config/model")),
-        "released_config": {k: _plain(chosen.get(f"config/{k}")) for k in searched},
+        "released_config": {k: config.get(k) for k in shown},
         "released_noisy_val_accuracy": release["val_score"],
         "released_test_accuracy": release["test_score"],
         "wall_s": wall,
         "command": "python search/run.py " + " ".join(args),
     }
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
 
 
 def main() -> None:
@@ -112,7 +115,7 @@ def main() -> None:
             f"total ε ≤ {run['total_epsilon_budget']:g} (search ε {run['search_epsilon']:.3f}, "
             f"per trial {run['per_trial_epsilon']:.3f}, σ {run['noise_multiplier']:.3f}, "
             f"K ~ {run['trials_distribution']}, {run['trials_run_analyst_only']} trials ran): "
-            f"released {run['released_model']} test accuracy "
+            f"released {run['released_config']['model']} test accuracy "
             f"{run['released_test_accuracy']:.4f} in {run['wall_s']:.0f} s"
         )
     print(CAVEAT)
