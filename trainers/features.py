@@ -133,17 +133,22 @@ def load_cached_head(config: TrainConfig, splits: Splits, device) -> CachedFeatu
     return _with_features(splits, features, head.to(device), path, False)
 
 
-def _with_features(splits, features, head, path, computed) -> CachedFeatures:
-    feature_splits = replace(
+def with_inputs(splits: Splits, features: dict, **changes) -> Splits:
+    """`splits` with each part's inputs replaced by `features[part]` (labels kept)."""
+    return replace(
         splits,
         train=TensorDataset(features["train"], splits.train.tensors[1]),
         validation=None
         if splits.validation is None
         else TensorDataset(features["validation"], splits.validation.tensors[1]),
         test=TensorDataset(features["test"], splits.test.tensors[1]),
+        **changes,
     )
+
+
+def _with_features(splits, features, head, path, computed) -> CachedFeatures:
     total = int(features["meta"]["total_parameters"])
-    return CachedFeatures(feature_splits, head, path, computed, total)
+    return CachedFeatures(with_inputs(splits, features), head, path, computed, total)
 
 
 def cached_features(

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits
-from trainers.features import cache_path, compute_once, data_fields, digest
+from trainers.features import cache_path, compute_once, data_fields, digest, with_inputs
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +115,7 @@ def frontend_splits(config: TrainConfig, splits: Splits, device: torch.device) -
             f"the cached {config.frontend} features do not match the data; delete "
             f"{config.feature_cache_dir or 'the feature cache'} and run again."
         )
-    return replace(
-        splits,
-        train=TensorDataset(train, splits.train.tensors[1]),
-        validation=None
-        if splits.validation is None
-        else TensorDataset(features["validation"], splits.validation.tensors[1]),
-        test=TensorDataset(features["test"], splits.test.tensors[1]),
-        channels=train.shape[1],
-        image_size=train.shape[2],
-    )
+    return with_inputs(splits, features, channels=train.shape[1], image_size=train.shape[2])
 
 
 class NormalisedFeatures:
@@ -134,13 +123,7 @@ class NormalisedFeatures:
     own group statistics (GroupNorm with no learned scale; identity when groups is 0)."""
 
     def __init__(self, config: TrainConfig, channels: int, device: torch.device) -> None:
-        groups = config.frontend_norm_groups
-        if groups and channels % groups:
-            raise TrainerError(
-                f"frontend_norm_groups={groups} does not divide the frontend's {channels} "
-                "channels; choose a divisor (e.g. 9, 27 or 81 for ScatterNet on greyscale)."
-            )
-        self.groups = groups
+        self.groups = config.frontend_norm_groups  # checked to divide them: frontend_shape
         self.device = device
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
