@@ -158,3 +158,10 @@ def _resource_arguments(resources) -> None:
         default="127.0.0.1",
         help="local Ray's dashboard address (default 127.0.0.1: this machine only)",
     )
+    resources.add_argument(
+        "--dashboard-port",
+        type=int,
+        metavar="PORT",
+        help="local Ray's dashboard port (default: 8265, or the next free one when another "
+        "search on this machine holds it; the URL is printed)",
+    )

@@ -9,10 +9,18 @@ import sys
 from search.errors import SearchError
 
 DASHBOARD_PORT = 8265
+"""Ray's usual dashboard port; a second local search on this machine takes the next free one."""
 
 
-def start_ray(*, address: str | None, num_cpus: int | None, dashboard_host: str) -> None:
-    """Join the cluster at `address`, or start a local one with `num_cpus` and the dashboard."""
+def start_ray(
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    dashboard_host: str,
+    dashboard_port: int | None = None,
+) -> None:
+    """Join the cluster at `address`, or start a local one with `num_cpus` and the dashboard
+    on `dashboard_port` (None: 8265, or the next free port when another search holds it)."""
     import ray  # slow to import: only a search that runs trials pays for it
 
     if address:
@@ -30,11 +38,12 @@ def start_ray(*, address: str | None, num_cpus: int | None, dashboard_host: str)
             "machines; its API still requires the token in ~/.ray/auth_token.",
             file=sys.stderr,
         )
+    port = free_dashboard_port(dashboard_host) if dashboard_port is None else dashboard_port
     context = ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,
         dashboard_host=dashboard_host,
-        dashboard_port=DASHBOARD_PORT,
+        dashboard_port=port,
     )
     url = context.dashboard_url
     if url:
@@ -42,6 +51,28 @@ def start_ray(*, address: str | None, num_cpus: int | None, dashboard_host: str)
             f"Ray dashboard: http://{url} (token auth: send 'Authorization: Bearer "
             "$(cat ~/.ray/auth_token)', or open the URL and paste the token)"
         )
+
+
+def free_dashboard_port(host: str) -> int:
+    """8265 when it is free, else the first free port after it: each local search starts its
+    own Ray, and a second one on this machine must not die on the first one's port."""
+    for port in range(DASHBOARD_PORT, DASHBOARD_PORT + 100):
+        if port_is_free(host, port):
+            return port
+    raise SearchError(
+        f"no free port for the Ray dashboard in {DASHBOARD_PORT}-{DASHBOARD_PORT + 99}; "
+        "give one with --dashboard-port."
+    )
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def check_reachable(address: str) -> None:

@@ -76,7 +76,12 @@ def _run(args) -> int:
     plan, experiment_dir = _resumed_plan(args) if args.resume else _new_plan(args)
     if plan.num_trials > 0:
         # Before anything is written: an unreachable cluster leaves no folder.
-        start_ray(address=args.address, num_cpus=args.num_cpus, dashboard_host=args.dashboard_host)
+        start_ray(
+            address=args.address,
+            num_cpus=args.num_cpus,
+            dashboard_host=args.dashboard_host,
+            dashboard_port=args.dashboard_port,
+        )
     if not args.resume:
         try:
             experiment_dir.mkdir(parents=True)
@@ -166,6 +171,16 @@ def _check_resources(args) -> None:
             raise SearchError(f"{flag} must be ≥ 0 (got {value}).")
     if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
         raise SearchError("a trial needs a CPU or a GPU: give --cpus-per-trial above 0.")
+    if args.dashboard_port is not None:
+        from search.cluster import port_is_free
+
+        if not 1 <= args.dashboard_port <= 65535:
+            raise SearchError(f"--dashboard-port must be in 1-65535 (got {args.dashboard_port}).")
+        if args.address is None and not port_is_free(args.dashboard_host, args.dashboard_port):
+            raise SearchError(
+                f"--dashboard-port {args.dashboard_port} is taken (another search or Ray?); "
+                "pick another, or leave it out to take a free one."
+            )
     if args.num_cpus is not None and args.num_cpus < 1:
         raise SearchError(f"--num-cpus must be ≥ 1 (got {args.num_cpus}).")
 
