@@ -23,11 +23,11 @@ from pathlib import Path
 from dp_accounting import dp_event
 
 from accounting.mechanism import AccountingError, trial_event, validation_event
+from accounting.names import LEDGER_FILENAME
 from accounting.rdp_curves import ParallelCurve
 
 log = logging.getLogger(__name__)
 
-LEDGER_FILENAME = "privacy_ledger.jsonl"
 STATUSES = ("running", "completed", "stopped", "failed")
 """running: more reports will follow; completed: ran all its steps; stopped: ended early by the
 scheduler or the budget; failed: crashed (its steps still count)."""

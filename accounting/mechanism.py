@@ -19,9 +19,8 @@ from dp_accounting import dp_event, mechanism_calibration
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-ACCOUNTANTS = ("rdp", "pld")
-"""Accountants a user can choose: Rényi DP (default, exact for every event we build) or PLD
-(privacy loss distributions: tighter ε for the same mechanism, slower)."""
+from accounting.errors import AccountingError
+from accounting.names import ACCOUNTANTS
 
 # NOTE: 1e-4 is dp_accounting's default discretisation; PLD ε is a valid upper bound at any
 # interval (the discretisation is pessimistic), so coarser would only cost tightness.
@@ -43,10 +42,6 @@ def quiet_dp_accounting():
         yield
     finally:
         absl_logger.setLevel(previous)
-
-
-class AccountingError(ValueError):
-    """A privacy parameter is impossible; the message says which and what to do."""
 
 
 def check_delta(delta: float) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from accounting.ledger import TrialAccount
 from accounting.mechanism import AccountingError, round_up, trial_event, validation_event
+from accounting.names import DEFAULT_BUDGETS, PLAN_FILENAME, VALIDATION_MODES
 from accounting.rdp_curves import ParallelCurve
 from accounting.selection import (
     SEARCH_COVERS,
@@ -32,14 +33,6 @@ from accounting.selection import (
     TrialsDistribution,
     parallel_search_curve,
 )
-
-PLAN_FILENAME = "search.json"
-VALIDATION_MODES = ("dp", "public", "off")
-"""dp: noisy scores of a hash-held-out part of the private data (accounted); public: scores of
-a validation set the user declares public (free); off: no validation score at all."""
-DEFAULT_BUDGETS = (1.0, 2.0, 4.0, 8.0)
-"""The search-adjusted frontier's budgets when the user declares none (plus the space's own
-per-trial ε levels): fixed before any result exists, so they cannot leak one."""
 
 # What a plan's ε covers: as accounting.selection says, except that composition covers every
 # trial the plan allows (not only those that ran).

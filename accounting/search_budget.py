@@ -101,9 +101,6 @@ def max_trials(
     return low
 
 
-AUTO = "auto"
-"""`--trials-distribution auto`: the planner picks the distribution of K (`choose_trials`)."""
-
 AUTO_ETAS = (1.0, 0.5, 0.25, 0.1, 0.05)
 """Shapes η of the truncated negative binomial that `auto` compares (η = 1 is the geometric)."""
 

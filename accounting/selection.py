@@ -28,10 +28,8 @@ from accounting.dp_accounting_internals import (
     truncated_negative_binomial_gamma,
 )
 from accounting.mechanism import AccountingError, check_accountant, check_delta, epsilon
+from accounting.names import SEARCH_MODES, TRIAL_DISTRIBUTIONS
 from accounting.rdp_curves import ParallelCurve, RdpCurve, pointwise_max_rdp
-
-SEARCH_MODES = ("composition", "random-stopping", "none")
-TRIAL_DISTRIBUTIONS = ("poisson", "geometric", "logarithmic", "negative-binomial")
 
 SEARCH_COVERS = {
     "composition": "the whole search: every trial's executed steps, composed",

@@ -6,8 +6,6 @@ it touches data. Command lines: `python search/run.py` (`dp-search`) runs a sear
 released ε), `search.build_tuner(plan, ...)` makes the Ray Tune run of it.
 """
 
-from search.plan import SearchError, SearchPlan, make_plan, searched_space
-
 __all__ = [
     "SearchError",
     "SearchPlan",
@@ -21,7 +19,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    # Ray Tune is slow to import: only what needs it pays for it.
+    # Lazy: the planner loads torch (through trainers) and Ray Tune is slow to import; a
+    # command line answers a typo before either loads.
+    "SearchError": "search.errors",
+    "SearchPlan": "search.plan",
+    "make_plan": "search.plan",
+    "searched_space": "search.plan",
     "StorageError": "search.tuner",
     "build_tuner": "search.tuner",
     "storage_problem": "search.tuner",

@@ -4,21 +4,27 @@ checkpoints, records the mechanism it executes (q, σ, T, validation releases) a
 `accounting` for ε; it does no privacy math itself.
 """
 
-from trainers.audit import audit_trial
-from trainers.canaries import CANARY_KINDS
-from trainers.checks import check_runnable
-from trainers.config import (
-    TrainConfig,
-    TrainerError,
-    make_config,
-    parse_overrides,
-    writable_directory,
-)
-from trainers.data import load_splits
-from trainers.evaluation import evaluate
-from trainers.loop import MetricsCallback, train
-from trainers.mechanism import MechanismPlan, plan_mechanism, planned_steps
-from trainers.smoke import smoke_config
+# Lazy: `import trainers` is instant; a name's module (and what it needs:
+# torch, Opacus, timm) loads on first use, so a command line answers a typo in well under a second.
+_SOURCES = {
+    "audit_trial": "trainers.audit",
+    "CANARY_KINDS": "trainers.canaries",
+    "check_runnable": "trainers.checks",
+    "TrainConfig": "trainers.config",
+    "TrainerError": "trainers.config",
+    "make_config": "trainers.config",
+    "parse_overrides": "trainers.config",
+    "writable_directory": "trainers.config",
+    "add_settings_argument": "trainers.config",
+    "load_splits": "trainers.data",
+    "evaluate": "trainers.evaluation",
+    "MetricsCallback": "trainers.loop",
+    "train": "trainers.loop",
+    "MechanismPlan": "trainers.mechanism",
+    "plan_mechanism": "trainers.mechanism",
+    "planned_steps": "trainers.mechanism",
+    "smoke_config": "trainers.smoke",
+}
 
 __all__ = [
     "CANARY_KINDS",
@@ -26,6 +32,7 @@ __all__ = [
     "MetricsCallback",
     "TrainConfig",
     "TrainerError",
+    "add_settings_argument",
     "audit_trial",
     "check_runnable",
     "evaluate",
@@ -38,3 +45,13 @@ __all__ = [
     "train",
     "writable_directory",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
