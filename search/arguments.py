@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import accounting
+from trainers import add_settings_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _space_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", metavar="NAME", help="the search space (see --list-spaces)")
     parser.add_argument("--list-spaces", action="store_true", help="list spaces and exit")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fix a setting for every trial (repeatable)",
+    add_settings_argument(
+        parser, help="fix settings for every trial: --set epochs=2 batch_size=64 (repeatable)"
     )
 
 
@@ -113,6 +109,12 @@ def _search_arguments(search) -> None:
         choices=("fifo", "asha"),
         default="fifo",
         help="asha stops weak trials early (their executed steps still count)",
+    )
+    search.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray Tune's status tables and every trial's log lines (default: one "
+        "progress line now and then)",
     )
     search.add_argument(
         "--seed",

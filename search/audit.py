@@ -24,6 +24,7 @@ import spaces
 from trainers import (
     CANARY_KINDS,
     TrainerError,
+    add_settings_argument,
     audit_trial,
     make_config,
     parse_overrides,
@@ -42,10 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set epochs=2 --engine fast",
     )
     parser.add_argument("--space", required=True, help="registered search space")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one setting of the space's defaults, as in python -m trainers",
-    )  # fmt: skip
+    add_settings_argument(
+        parser, help="override settings of the space's defaults, as in python -m trainers"
+    )
     parser.add_argument("--canaries", type=int, default=1000, help="number of canaries M")
     parser.add_argument(
         "--kind", choices=CANARY_KINDS, default="gradient",

@@ -1,15 +1,24 @@
 """The Ray cluster a search runs on: join one (`--address`), or start the embedded local one
-with its dashboard (bound to 127.0.0.1 unless asked otherwise)."""
+with its dashboard (bound to 127.0.0.1 unless asked otherwise) and every other Ray endpoint on
+127.0.0.1 (docs/monitoring/README.md: what each endpoint is, how to scrape its metrics)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from search.errors import SearchError
 
 DASHBOARD_PORT = 8265
 """Ray's usual dashboard port; a second local search on this machine takes the next free one."""
+
+LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for a single-machine node (its default off Linux): "0" makes the node's IP
+127.0.0.1, and Ray then binds GCS, raylet, workers, agents and metrics exporters to it."""
 
 
 def start_ray(
@@ -18,6 +27,7 @@ def start_ray(
     num_cpus: int | None,
     dashboard_host: str,
     dashboard_port: int | None = None,
+    verbose: bool = True,
 ) -> None:
     """Join the cluster at `address`, or start a local one with `num_cpus` and the dashboard
     on `dashboard_port` (None: 8265, or the next free port when another search holds it)."""
@@ -26,7 +36,7 @@ def start_ray(
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address)
+            ray.init(address=address, **_logging(verbose))
         except (ConnectionError, ValueError, RuntimeError) as error:
             reason = (str(error).strip() or type(error).__name__).splitlines()[0][:160]
             raise no_cluster(address, reason) from None
@@ -39,18 +49,52 @@ def start_ray(
             file=sys.stderr,
         )
     port = free_dashboard_port(dashboard_host) if dashboard_port is None else dashboard_port
-    context = ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host=dashboard_host,
-        dashboard_port=port,
-    )
+    with loopback_node():
+        context = ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host=dashboard_host,
+            dashboard_port=port,
+            **_logging(verbose),
+        )
     url = context.dashboard_url
     if url:
         print(
             f"Ray dashboard: http://{url} (token auth: send 'Authorization: Bearer "
             "$(cat ~/.ray/auth_token)', or open the URL and paste the token)"
         )
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """Start the local node on 127.0.0.1 rather than on this machine's network address.
+
+    On Linux Ray resolves even `_node_ip_address="127.0.0.1"` to the network address and binds
+    its gRPC servers to every interface; it keeps the node on loopback only when multi-node
+    clusters are off. The switch is read once, at import: the driver's copy is set here, the
+    processes `ray.init` starts (GCS, raylet and its workers, dashboard, agents) read it from
+    their environment. Both go back once they run; this process's later `ray.init(address=…)`
+    joins real clusters as before. tests/search/test_monitoring.py checks the sockets."""
+    from ray._private import ray_constants
+
+    before_env = os.environ.get(LOOPBACK_NODE_ENV)
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(LOOPBACK_NODE_ENV, None)
+        else:
+            os.environ[LOOPBACK_NODE_ENV] = before_env
+
+
+def _logging(verbose: bool) -> dict:
+    """Quiet unless --verbose: no trial log lines forwarded (their errors reach the driver
+    anyway) and only Ray's errors; the search prints its own dashboard URL and progress."""
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
 
 
 def free_dashboard_port(host: str) -> int:

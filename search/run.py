@@ -17,13 +17,20 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # snapshots would repeat for every epoch of every trial.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import accounting  # noqa: E402
-import spaces  # noqa: E402
-from search.arguments import build_parser  # noqa: E402
-from search.cluster import start_ray  # noqa: E402
-from search.plan import SearchError, SearchPlan, make_plan  # noqa: E402
-from search.tuner import StorageError, build_tuner, storage_problem  # noqa: E402
-from trainers import TrainerError, parse_overrides, writable_directory  # noqa: E402
+try:  # light imports only: a typo is answered before torch or Ray loads
+    import accounting
+    import spaces
+    from search.arguments import build_parser
+    from search.errors import SearchError
+    from trainers import TrainerError
+except ModuleNotFoundError as missing:  # run by a Python that lacks the project
+    sys.exit(
+        f"error: {sys.executable} cannot import {missing.name!r}: run the search with the "
+        "project's virtual environment, `.venv/bin/python search/run.py …` (or `source "
+        ".venv/bin/activate` first); create it with the README's first command."
+    )
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,24 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _run(args)
-    except (
-        SearchError,
-        spaces.SpaceError,
-        TrainerError,
-        accounting.AccountingError,
-    ) as error:
+    except (SearchError, spaces.SpaceError, TrainerError, accounting.AccountingError) as error:
         return _fail(f"error: {error}")
-    except StorageError as error:
-        return _fail(
-            f"error: the experiment directory {error.directory} {error.problem}, so the search "
-            f"stopped; free space or make it writable, then continue it with --resume --name "
-            f"{error.directory.name} (the privacy ledger keeps every step already run)."
+    except KeyboardInterrupt:
+        _stop_ray()
+        started = getattr(args, "experiment_dir", None)
+        print(
+            f"\nInterrupted; continue with {_resume_command(args, started.name)}"
+            if started
+            else "\nInterrupted before the search started: nothing was written.",
+            file=sys.stderr,
         )
+        return EXIT_INTERRUPTED
     except OSError as error:  # the experiment directory filled up or turned read-only
         where = error.filename or args.storage_path
         return _fail(
             f"error: cannot write {where} ({error.strerror or error}); free space or fix its "
-            "permissions, then continue with --resume --name NAME (the ledger keeps every "
+            f"permissions, then continue with {_resume_command(args)} (the ledger keeps every "
             "step already run)."
         )
 
@@ -62,26 +68,38 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(message: str) -> int:
     """Stop Ray first, then print the one sentence: trial workers torn down at exit print
     their last words (Ray forwards them), which must not bury the reason the search stopped."""
+    _stop_ray()
+    print(message, file=sys.stderr)
+    return 2
+
+
+def _stop_ray() -> None:
     if "ray" in sys.modules:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-    print(message, file=sys.stderr)
-    return 2
 
 
 def _run(args) -> int:
-    """Plan (or reload the plan), start Ray, write the plan, run the trials, summarise."""
-    plan, experiment_dir = _resumed_plan(args) if args.resume else _new_plan(args)
+    """Check what was typed (fast), plan, start Ray and check it can run a trial, and only
+    then write: the experiment directory, the plan, the trials, the summary."""
+    from search.preflight import check_name, check_request, warn_relative_storage
+
+    if args.resume:
+        if not args.name:
+            raise SearchError("--resume needs --name (and --storage-path) of the experiment.")
+        check_name(args.name)
+        from search.plan import SearchPlan
+
+        experiment_dir = (args.storage_path / args.name).resolve()
+        plan = SearchPlan.load(experiment_dir)
+    else:
+        check_request(args)
+        plan, experiment_dir = _new_plan(args)
+    warn_relative_storage(args.storage_path)
     if plan.num_trials > 0:
-        # Before anything is written: an unreachable cluster leaves no folder.
-        start_ray(
-            address=args.address,
-            num_cpus=args.num_cpus,
-            dashboard_host=args.dashboard_host,
-            dashboard_port=args.dashboard_port,
-        )
+        _start_cluster(args)
     if not args.resume:
         try:
             experiment_dir.mkdir(parents=True)
@@ -90,16 +108,41 @@ def _run(args) -> int:
                 f"cannot create {experiment_dir} ({error.strerror}); choose another --storage-path."
             ) from None
         plan.save(experiment_dir)
+    args.experiment_dir = experiment_dir  # from here on, an interruption can be resumed
     _describe(plan, experiment_dir)
     if plan.num_trials == 0:
         print("The system drew no trial: nothing runs and nothing is released (ε = 0).")
         return 0
+    return _search(plan, experiment_dir, args)
 
-    import ray
 
+def _start_cluster(args) -> None:
+    """Start or join Ray, and refuse (before anything is written) a trial no node can hold."""
+    from search.cluster import start_ray
+    from search.preflight import check_trial_fits
+
+    start_ray(
+        address=args.address,
+        num_cpus=args.num_cpus,
+        dashboard_host=args.dashboard_host,
+        dashboard_port=args.dashboard_port,
+        verbose=args.verbose,
+    )
+    check_trial_fits(cpus=args.cpus_per_trial, gpus=args.gpus_per_trial, joined=args.address)
+
+
+def _search(plan, experiment_dir: Path, args) -> int:
+    """Run the trials; a finished search prints its DP release, an interrupted one only how
+    to continue it."""
+    from search.interrupt import GracefulInterrupt
     from search.summary import summarize
 
-    results = _fit(plan, experiment_dir, args)
+    with GracefulInterrupt() as interrupt:
+        results = _fit(plan, experiment_dir, args)
+    if interrupt.received:
+        _stop_ray()
+        print(_interrupted_summary(plan, experiment_dir, args), file=sys.stderr)
+        return EXIT_INTERRUPTED
     _, markdown = summarize(experiment_dir)
     _warn_about_missing_trials(results, plan)
     print()
@@ -108,28 +151,38 @@ def _run(args) -> int:
         f"Experiment directory: {experiment_dir} (tables, frontier.png; re-export with "
         f"python results/export.py {experiment_dir})"
     )
-    ray.shutdown()
+    _stop_ray()
     return 0
 
 
-def _resumed_plan(args) -> tuple[SearchPlan, Path]:
-    if not args.name:
-        raise SearchError("--resume needs --name (and --storage-path) of the experiment.")
-    _check_name(args.name)
-    experiment_dir = (args.storage_path / args.name).resolve()
-    return SearchPlan.load(experiment_dir), experiment_dir
+def _interrupted_summary(plan, experiment_dir: Path, args) -> str:
+    """What an interrupted search may say: no release, what the ledger holds, how to go on."""
+    ledger = accounting.PrivacyLedger(experiment_dir / accounting.LEDGER_FILENAME)
+    accounts = accounting.reduce_ledger(ledger.records())
+    finished = sum(a.status != "running" for a in accounts.values())
+    spent = plan.privacy.search_epsilon(accounts).spent
+    return (
+        f"Interrupted: the search is unfinished, so nothing is released (no DP-release report "
+        f"for a partial search). Partial summary (analyst-only): {len(accounts)} trial(s) "
+        f"started, {finished} ended; the ledger counts every step that ran (ε spent so far "
+        f"{accounting.show_epsilon(spent)}; the plan's ε "
+        f"{accounting.show_epsilon(plan.privacy.epsilon())} still bounds the whole search).\n"
+        f"Continue it with: {_resume_command(args, experiment_dir.name)}"
+    )
 
 
-def _new_plan(args) -> tuple[SearchPlan, Path]:
-    """Check the request in the order a user would fix it, then fix the plan (nothing is
-    written yet)."""
-    if not args.space:
-        raise SearchError("choose a space with --space NAME (see --list-spaces).")
-    if args.num_samples < 1:
-        raise SearchError(f"--num-samples must be ≥ 1 (got {args.num_samples}).")
-    _check_resources(args)
-    _check_name(args.name)
-    writable_directory(args.storage_path, "--storage-path")
+def _resume_command(args, name: str | None = None) -> str:
+    name = name or args.name or "NAME"
+    storage = "" if args.storage_path == Path("runs") else f" --storage-path {args.storage_path}"
+    return f"python search/run.py --name {name}{storage} --resume"
+
+
+def _new_plan(args):
+    """The plan of a new search (nothing is written yet)."""
+    from search.plan import make_plan
+    from search.preflight import parse_budgets
+    from trainers import parse_overrides
+
     name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_dir = (args.storage_path / name).resolve()
     if experiment_dir.exists():
@@ -151,7 +204,7 @@ def _new_plan(args) -> tuple[SearchPlan, Path]:
         searcher=searcher,
         scheduler=args.scheduler,
         seed=args.seed,
-        budgets=_budgets(args.budgets),
+        budgets=parse_budgets(args.budgets),
         reproducible=args.reproducible,
         retry_epochs=args.retry_epochs,
     )
@@ -160,34 +213,11 @@ def _new_plan(args) -> tuple[SearchPlan, Path]:
     return plan, experiment_dir
 
 
-def _check_resources(args) -> None:
-    for flag, value in (
-        ("--cpus-per-trial", args.cpus_per_trial),
-        ("--gpus-per-trial", args.gpus_per_trial),
-        ("--max-concurrent", args.max_concurrent),
-        ("--max-failures", args.max_failures),
-    ):
-        if value < 0:
-            raise SearchError(f"{flag} must be ≥ 0 (got {value}).")
-    if args.cpus_per_trial == 0 and args.gpus_per_trial == 0:
-        raise SearchError("a trial needs a CPU or a GPU: give --cpus-per-trial above 0.")
-    if args.dashboard_port is not None:
-        from search.cluster import port_is_free
+def _fit(plan, experiment_dir: Path, args):
+    """Run the trials with Ray Tune; a full or read-only experiment directory stops the search
+    with one sentence (the ledger keeps what ran; --resume continues it)."""
+    from search.tuner import build_tuner, storage_problem
 
-        if not 1 <= args.dashboard_port <= 65535:
-            raise SearchError(f"--dashboard-port must be in 1-65535 (got {args.dashboard_port}).")
-        if args.address is None and not port_is_free(args.dashboard_host, args.dashboard_port):
-            raise SearchError(
-                f"--dashboard-port {args.dashboard_port} is taken (another search or Ray?); "
-                "pick another, or leave it out to take a free one."
-            )
-    if args.num_cpus is not None and args.num_cpus < 1:
-        raise SearchError(f"--num-cpus must be ≥ 1 (got {args.num_cpus}).")
-
-
-def _fit(plan: SearchPlan, experiment_dir: Path, args):
-    """Run the trials with Ray Tune; a full or read-only experiment directory is a
-    StorageError (the search stops cleanly, the ledger keeps what ran)."""
     tuner = build_tuner(
         plan,
         experiment_dir=experiment_dir,
@@ -196,6 +226,7 @@ def _fit(plan: SearchPlan, experiment_dir: Path, args):
         max_concurrent=args.max_concurrent,
         max_failures=args.max_failures,
         resume=args.resume,
+        verbose=args.verbose,
     )
     try:
         results = tuner.fit()
@@ -203,14 +234,22 @@ def _fit(plan: SearchPlan, experiment_dir: Path, args):
         problem = storage_problem(experiment_dir)
         if problem is None:
             raise
-        raise StorageError(experiment_dir, problem) from error
+        raise _storage_failure(experiment_dir, problem) from error
     problem = storage_problem(experiment_dir)  # it may have filled up at the very end
     if problem is not None:
-        raise StorageError(experiment_dir, problem)
+        raise _storage_failure(experiment_dir, problem)
     return results
 
 
-def _warn_about_missing_trials(results, plan: SearchPlan) -> None:
+def _storage_failure(experiment_dir: Path, problem: str) -> SearchError:
+    return SearchError(
+        f"the experiment directory {experiment_dir} {problem}, so the search stopped; free "
+        f"space or make it writable, then continue it with --resume --name "
+        f"{experiment_dir.name} (the privacy ledger keeps every step already run)."
+    )
+
+
+def _warn_about_missing_trials(results, plan) -> None:
     if results.errors:
         first = str(results.errors[0]).strip().splitlines()[-1][:200]
         print(
@@ -225,29 +264,6 @@ def _warn_about_missing_trials(results, plan: SearchPlan) -> None:
             "every step that ran; start a new search for more trials.",
             file=sys.stderr,
         )
-
-
-def _check_name(name: str | None) -> None:
-    """An experiment name is one folder inside --storage-path, never a path out of it."""
-    if name is None:
-        return
-    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
-        raise SearchError(
-            f"--name must be one folder name (got {name!r}); put the folder's location in "
-            "--storage-path."
-        )
-
-
-def _budgets(text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SearchError(f"--budgets {text!r} is not a comma-separated list of numbers.") from None
-    if not values or any(not (v > 0 and v < float("inf")) for v in values):
-        raise SearchError(f"--budgets {text!r}: every budget ε must be a positive number.")
-    return values
 
 
 def _describe(plan, experiment_dir: Path) -> None:

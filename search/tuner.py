@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
-import accounting
-from accounting import PrivacyLedger
+from search.live import SearchProgress
 from search.plan import SearchPlan, searched_space
 from search.trial import run_trial
 from spaces import Choice, IntUniform, LogUniform, Uniform
@@ -46,10 +46,18 @@ def build_tuner(
     max_concurrent: int,
     max_failures: int,
     resume: bool,
+    verbose: bool = False,
 ):
-    """A Tuner for `plan` writing into `experiment_dir` (or restoring the one there)."""
+    """A Tuner for `plan` writing into `experiment_dir` (or restoring the one there). It prints
+    our progress line; `verbose` adds Tune's own status tables."""
     from ray import tune
 
+    if not verbose:  # Tune's legacy reporter at verbosity 0 prints nothing but errors
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        for name in ("ray.tune", "optuna"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # It warns of every trial without results, e.g. one cut short by Ctrl-C.
+        logging.getLogger("ray.tune.analysis").setLevel(logging.ERROR)
     # What every trial's reservation is checked against (the plan's Rényi filter).
     trial_plan = {
         "privacy": plan.privacy.to_dict(),
@@ -95,10 +103,10 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
-                PrivacyMetricsCallback(plan, experiment_dir),
+                SearchProgress(plan, experiment_dir),
                 StorageWatchdog(experiment_dir),
             ],
-            verbose=1,
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -116,7 +124,6 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
         return BasicVariantGenerator(random_state=plan.seed, max_concurrent=max_concurrent)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     # The study lives in the experiment directory so optuna-dashboard can open it:
     # optuna-dashboard EXPERIMENT_DIR/optuna_journal.log
@@ -125,10 +132,25 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
     )
     kwargs = {"metric": [plan.metric, "epsilon"], "mode": ["max", "min"]}
     kwargs = kwargs if multi_objective else {}
-    searcher = OptunaSearch(seed=plan.seed, storage=storage, study_name=plan.space, **kwargs)
+    searcher = NamedOptunaSearch(seed=plan.seed, storage=storage, study_name=plan.space, **kwargs)
+    searcher.objective_names = [plan.metric, "epsilon"] if multi_objective else [plan.metric]
     return (
         ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
     )
+
+
+class NamedOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, with the study's objectives named (optuna-dashboard shows
+    "val_accuracy" and "epsilon" instead of "Objective 0" and "Objective 1")."""
+
+    objective_names: list[str] = []
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if self.objective_names:
+            with warnings.catch_warnings():  # set_metric_names is marked experimental
+                warnings.simplefilter("ignore")
+                self._ot_study.set_metric_names(list(self.objective_names))
 
 
 def _scheduler(plan, searched, *, own_metric: bool):
@@ -148,58 +170,6 @@ def _scheduler(plan, searched, *, own_metric: bool):
         grace_period=1,
         reduction_factor=2,
     )
-
-
-class PrivacyMetricsCallback(Callback):
-    """Publishes live privacy metrics (Prometheus, via ray.util.metrics) from the ledger."""
-
-    def __init__(self, plan: SearchPlan, experiment_dir: Path) -> None:
-        from ray.util import metrics
-
-        self.plan = plan
-        self.ledger = PrivacyLedger(experiment_dir / accounting.LEDGER_FILENAME)
-        self.best = -math.inf
-        self.last_update = 0.0
-        self.tags = {"experiment": experiment_dir.name}
-        # NOTE: Ray's metric descriptions must be ASCII.
-        self.gauges = {
-            name: metrics.Gauge(f"dp_search_{name}", description=text, tag_keys=("experiment",))
-            for name, text in (
-                ("epsilon_spent", "search epsilon spent so far, from the privacy ledger"),
-                ("budget_left", "planned search epsilon minus epsilon spent"),
-                ("best_val_score", "best noisy validation score so far"),
-                ("trials_finished", "trials that completed, stopped or failed"),
-            )
-        }
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.best = max(self.best, float(result.get(self.plan.metric, -math.inf)))
-        if time.monotonic() - self.last_update > 2.0:
-            self.update()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.update()
-
-    def on_experiment_end(self, trials, **info):
-        self.update()
-
-    def update(self) -> dict[str, float] | None:
-        self.last_update = time.monotonic()
-        try:
-            accounts = accounting.reduce_ledger(self.ledger.records())
-            search = self.plan.privacy.search_epsilon(accounts)
-        except accounting.AccountingError as error:  # a gauge never stops the search
-            log.warning("privacy metrics not updated: %s", error)
-            return None
-        values = {
-            "epsilon_spent": search.spent,
-            "budget_left": search.epsilon - search.spent,
-            "best_val_score": self.best if self.best > -math.inf else math.nan,
-            "trials_finished": sum(a.status != "running" for a in accounts.values()),
-        }
-        for name, value in values.items():
-            self.gauges[name].set(value, tags=self.tags)
-        return values
 
 
 MIN_FREE_BYTES = 8 << 20

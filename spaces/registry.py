@@ -7,6 +7,7 @@ Optuna or the trainer: those layers read it.
 
 from __future__ import annotations
 
+import difflib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,9 +101,11 @@ def get_space(name: str) -> SearchSpace:
     try:
         return _REGISTRY[name]
     except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise SpaceError(
-            f"unknown search space {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} "
-            "(see --list-spaces)."
+            f"unknown search space {name!r}; {hint}choose one of: "
+            f"{', '.join(sorted(_REGISTRY))} (see --list-spaces)."
         ) from None
 
 

@@ -13,7 +13,13 @@ from typing import Any
 
 import accounting
 import spaces
-from trainers.config import TrainerError, make_config, parse_overrides, writable_directory
+from trainers.config import (
+    TrainerError,
+    add_settings_argument,
+    make_config,
+    parse_overrides,
+    writable_directory,
+)
 from trainers.loop import train
 from trainers.smoke import smoke_config
 
@@ -26,13 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example: python -m trainers --space fmnist_quick --set epochs=1 --out runs/one",
     )
     parser.add_argument("--space", required=True, help="registered search space (--list-spaces)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set learning_rate=2 --set private=false (repeatable)",
+    add_settings_argument(
+        parser, help="override settings, e.g. --set learning_rate=2 private=false (repeatable)"
     )
     parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json")
     parser.add_argument(
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = writable_directory(args.out, "--out")
         base = smoke_config(space, out_dir) if args.smoke else space.default_config()
         config = make_config({**base, **parse_overrides(args.overrides)})
+        out_dir.mkdir(parents=True, exist_ok=True)  # every check above passed
         history: list[dict[str, Any]] = []
         ledger_report = _LedgerReport(out_dir, history)
         final = train(config, ledger_report, before_epoch=ledger_report.before_epoch)

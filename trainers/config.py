@@ -8,6 +8,7 @@ refuse a bad value; splitting the fields from their checks would put one concept
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import types
@@ -378,8 +379,10 @@ def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise TrainerError(f"--set expects key=value (got {text!r}).")
         if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise TrainerError(
-                f"unknown hyperparameter {key!r}; known: {', '.join(sorted(hints))}."
+                f"unknown hyperparameter {key!r}; {hint}known: {', '.join(sorted(hints))}."
             )
         value = _parse_text(raw.strip())
         if hints[key] is str and value is not None:
@@ -427,14 +430,34 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 def writable_directory(path: Path, flag: str) -> Path:
-    """`path` created if need be and checked writable, or a one-sentence TrainerError naming
-    `flag`: the output folders the command lines take (--out, --storage-path)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+    """`path` if it is a writable folder or could be created as one, else a one-sentence
+    TrainerError naming `flag` (--out, --storage-path). It creates nothing: a command refused
+    by a later check must leave no folder behind, so each command creates its output only
+    once every check has passed."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest folder that exists: where mkdir would start
+    if not existing.is_dir():
         raise TrainerError(
-            f"cannot create {flag} {str(path)!r} ({error.strerror}); choose another folder."
-        ) from None
-    if not os.access(path, os.W_OK):
-        raise TrainerError(f"{flag} {str(path)!r} is not writable; choose another folder.")
+            f"cannot create {flag} {str(path)!r}: {existing} is a file, not a folder; choose "
+            "another folder."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = path.absolute()
+        what = "is not writable" if existing == where else f"cannot be created in {existing}"
+        raise TrainerError(f"{flag} {str(path)!r} {what}; choose another folder.")
     return path
+
+
+def add_settings_argument(parser, help: str) -> None:
+    """The `--set KEY=VALUE …` option of every command line: repeatable, and several settings
+    may follow one --set (`--set epochs=2 batch_size=64`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help,
+    )

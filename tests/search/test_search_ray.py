@@ -160,8 +160,8 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
     import ray
 
     from accounting.ledger import LedgerRecord, PrivacyLedger
+    from search.live import SearchProgress
     from search.plan import SearchPlan
-    from search.tuner import PrivacyMetricsCallback
 
     privacy = accounting.SearchPrivacyPlan(
         mode="composition", delta=1e-5, num_trials=2, budget_epsilon=8.0, noise_multiplier=1.0,
@@ -177,7 +177,7 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
         )  # fmt: skip
     ray.init(num_cpus=1, include_dashboard=False)
     try:
-        callback = PrivacyMetricsCallback(plan, tmp_path)
+        callback = SearchProgress(plan, tmp_path, out=None)
         callback.on_trial_result(0, [], None, {"val_accuracy": 0.7})
         values = callback.update()
     finally:
