@@ -74,7 +74,8 @@ non-private baseline belong to the analyst-only tables."""
 
 
 def declared_budgets(experiment: Experiment) -> set[float]:
-    """The budgets fixed before the search: the plan's declared ones and its own ε."""
+    """The budgets fixed before the search: the plan's declared ones and its own ε, rounded
+    up as `search/run.py` printed it (a budget at or above the plan covers the whole search)."""
     declared = set(experiment.privacy.budgets)
     if not experiment.privacy.legacy and experiment.privacy.candidates:
         whole = experiment.release_plan.epsilon()
@@ -100,8 +101,9 @@ def search_adjusted_frontier(
 ) -> pd.DataFrame:
     """Per budget ε_B: the model the search would release if ε_B had to cover the search.
 
-    Columns: budget, declared (fixed before the search: a DP release; False: chosen after
-    seeing results, analyst-only), search_epsilon (what the release is covered by, rounded up),
+    Columns: budget (as declared), declared (fixed before the search: a DP release; False:
+    chosen after seeing results, analyst-only), search_epsilon (what the release is covered by,
+    exact: tables for people round it up once, `results.report.show_epsilon`),
     rule, experiment, selection_charged (several experiments: choosing among them is paid),
     and the released trial's `RELEASE_COLUMNS`. With several experiments each row is the best
     release across them at the largest common per-experiment budget whose composition fits
@@ -176,7 +178,7 @@ def _row(experiment, sweep, budget, epsilon, chosen, *, declared, charged,
     row = {
         "budget": budget,
         "declared": declared,
-        "search_epsilon": accounting.round_up(epsilon, EPSILON_DIGITS),
+        "search_epsilon": float(epsilon),
         "rule": sweep.rule,
         "experiment": experiment_name or experiment.name,
         "selection_charged": charged,
@@ -193,7 +195,7 @@ def _row(experiment, sweep, budget, epsilon, chosen, *, declared, charged,
 def search_epsilon_to_release(experiment: Experiment, frontier: pd.DataFrame) -> pd.Series:
     """For each frontier row of `experiment`: the smallest budget at which the experiment's
     rule releases a model at least as good (validation score) — what that point really costs
-    (analyst-only). ∞ when no budget releases it (e.g. a non-private trial)."""
+    (analyst-only; exact). ∞ when no budget releases it (e.g. a non-private trial)."""
     releases = Sweep.of(experiment).candidate_releases()
     trials = experiment.trials
 
@@ -203,7 +205,7 @@ def search_epsilon_to_release(experiment: Experiment, frontier: pd.DataFrame) ->
             for r in releases
             if r.chosen is not None and trials.at[r.chosen, "val_score"] >= accuracy
         ]
-        return accounting.round_up(min(spent), EPSILON_DIGITS) if spent else math.inf
+        return float(min(spent)) if spent else math.inf
 
     return frontier["val_score"].map(cost)
 

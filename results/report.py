@@ -3,6 +3,11 @@ every rendering (`results.render`: Markdown, LaTeX; `results.serialize`: CSV, JS
 
 Every rendering says which numbers are DP releases (a search's selected model and its search
 ε) and which are analyst-only diagnostics (per-trial validation metrics and trial ε).
+
+Numbers for people follow one rule per kind, defined here and nowhere else (`show_epsilon`,
+`show_budget`, `show_score`): the report's frames, CSV and JSON carry exact ε, and a privacy
+bound is rounded up once, when shown, by the very function `search/run.py` prints the plan's
+ε with — so one ε reads the same in the run summary, `pareto.md` and `pareto.tex`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+import accounting
 from results.fairness import non_private_baseline, with_baseline
 from results.frontier import (
     all_experiments_epsilon,
@@ -20,7 +26,7 @@ from results.frontier import (
     search_adjusted_frontier,
     search_epsilon_to_release,
 )
-from results.load import Experiment, ExperimentError
+from results.load import EPSILON_DIGITS, Experiment, ExperimentError
 
 TABLES = ("search-adjusted", "frontier", "trials")
 STANDING = {
@@ -37,6 +43,25 @@ METRIC_NAMES = {"val_accuracy": "accuracy", "val_auc": "AUC"}
 """How captions and tables name each validation metric."""
 
 
+def show_epsilon(value) -> str:
+    """A privacy bound for people: rounded UP (never down) to `EPSILON_DIGITS` decimals, once
+    (`accounting.show_epsilon`, as `search/run.py` prints it); ∞ for an unbounded one. Pass it
+    the exact value: rounding an already rounded one could add another step."""
+    return accounting.show_epsilon(float(value), EPSILON_DIGITS)
+
+
+def show_budget(value) -> str:
+    """A budget ε_B as declared (not a bound: the ε that covers its release is `show_epsilon`);
+    12 significant digits hide binary noise such as 4.823000000000001."""
+    value = float(value)
+    return f"{value:.12g}" if math.isfinite(value) else "∞"
+
+
+def show_score(value) -> str:
+    """An accuracy, AUC or gap for people: 4 decimals."""
+    return f"{float(value):.4f}"
+
+
 @dataclass
 class Report:
     experiments: list[Experiment]
@@ -50,6 +75,8 @@ class Report:
     releases: list[dict]
     """Per experiment: what the search as run releases, and its ε."""
     captions: dict[str, str]
+    """Per table; with several experiments also `selection`: what choosing among them costs,
+    shown on its own line before the search-adjusted table."""
     all_experiments: tuple[float, float] | None = None
     """(ε, δ) of choosing among all experiments (only with several)."""
     metric: str = "val_accuracy"
@@ -166,17 +193,9 @@ def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
             rules.append(
                 f"`{e.name}` was run with `--search-accounting none`; its trials are composed here."
             )
-    selection = ""
-    if combined is not None:
-        selection = (
-            f"**Choosing among {len(experiments)} experiments is charged:** each row stops "
-            "every experiment at one common budget and composes them (RDP), so its ε covers "
-            "the choice. "
-        )
     adjusted = (
         "**Search-adjusted frontier — DP releases: each ε covers the whole search.** "
-        + selection
-        + "Budgets were declared before the search; for each budget ε_B, the model the search "
+        "Budgets were declared before the search; for each budget ε_B, the model the search "
         f"would have released had ε_B covered it, its noisy validation {metric} and its public "
         "test metrics, and the ε that covers it (≤ ε_B, rounded up; RDP, parallel composition "
         "of training and validation records). " + " ".join(rules)
@@ -192,7 +211,15 @@ def _captions(experiments: Sequence[Experiment], combined) -> dict[str, str]:
         "Their ε is computed as above, but a budget picked by looking at the results is itself "
         "a choice the ε does not cover."
     )
-    return {"search-adjusted": adjusted, "frontier": per_trial, "post-hoc": post_hoc}
+    captions = {"search-adjusted": adjusted, "frontier": per_trial, "post-hoc": post_hoc}
+    if combined is not None:
+        captions["selection"] = (
+            f"**Choosing among {len(experiments)} experiments is charged.** Releasing the best "
+            f"model across all of them costs ε = {show_epsilon(combined[0])} at δ = "
+            f"{combined[1]:g} (their searches composed); each row below stops every experiment "
+            "at one common budget and composes them (RDP), so its ε covers the choice."
+        )
+    return captions
 
 
 def _number(value) -> float | None:
