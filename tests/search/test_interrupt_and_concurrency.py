@@ -1,0 +1,95 @@
+"""A user's Ctrl-C, a second search started while one runs, and a trial the machine can never
+hold — each on a real local Ray, with a real SIGINT (issue 17, items 2-5)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import ROOT, TINY, search
+
+pytestmark = pytest.mark.slow
+
+
+def start_search(*args: str) -> subprocess.Popen:
+    """A search in its own process group, as a terminal runs it (Ctrl-C signals the group)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, "search/run.py", *args], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def read_until(process: subprocess.Popen, pattern: str, timeout: float = 240) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(lines)[-3000:]}")
+
+
+def test_ctrl_c_exits_130_releases_nothing_and_resume_finishes(tmp_path):
+    args = [*TINY, "--num-samples", "4", "--set", "epochs=6", "--searcher", "random",
+            "--storage-path", str(tmp_path), "--name", "stopped"]  # fmt: skip
+    process = start_search(*args)
+    try:
+        before = read_until(process, r"trials done")
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = "".join(before) + rest
+    assert process.returncode == 130, output[-3000:]
+    assert "## DP release" not in output and not (tmp_path / "stopped" / "pareto.md").exists()
+    assert "nothing is released" in output and "Partial summary (analyst-only)" in output
+    resume = f"python search/run.py --name stopped --storage-path {tmp_path} --resume"
+    assert resume in output and "Tuner.restore" not in output and "Traceback" not in output
+    # The progress line, not Tune's tables.
+    assert "Trial status" not in output and "Configuration for experiment" not in output
+
+    resumed = search(*resume.split()[2:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "## DP release" in resumed.stdout
+    assert "4/4 trials done" in resumed.stdout
+
+
+def test_a_second_local_search_gets_its_own_dashboard_port(tmp_path):
+    common = [*TINY, "--num-samples", "2", "--set", "epochs=1", "--num-cpus", "1",
+              "--storage-path", str(tmp_path)]  # fmt: skip
+    first = start_search(*common, "--name", "first", "--set", "epochs=4")
+    try:
+        started = read_until(first, r"Ray dashboard: http://127\.0\.0\.1:\d+")
+        second = search(*common, "--name", "second")
+        rest, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert first.returncode == 0, rest[-3000:]
+    ports = [
+        re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+)", text).group(1)
+        for text in ("".join(started), second.stdout)
+    ]
+    assert ports[0] != ports[1]
+    for name in ("first", "second"):
+        assert (tmp_path / name / "pareto.md").exists()
+
+
+def test_a_trial_no_node_can_hold_is_refused_before_anything_is_written(tmp_path):
+    storage = tmp_path / "runs"
+    result = search(*TINY, "--gpus-per-trial", "0.5", "--storage-path", str(storage), timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: no trial can run here") and "0.5 GPU(s)" in last
+    assert "Traceback" not in result.stderr and not storage.exists()

@@ -1,0 +1,105 @@
+"""What a user types first: fast answers to mistakes, several settings after one --set, the
+closest name suggested, a hint when the venv is missing, and nothing written by a refused
+command (issue 17, items 6 and 8). The searches themselves are in tests/search/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.arguments import build_parser
+from search.preflight import warn_relative_storage
+from tests.helpers import ROOT, TINY, needs_fashion_mnist, run, search
+from trainers import TrainerError, parse_overrides
+
+LIGHT_CHECK = """
+import sys
+from search.run import main
+status = main({argv!r})
+heavy = sorted(m for m in ("torch", "ray", "dp_accounting", "opacus", "timm") if m in sys.modules)
+print("HEAVY", heavy, "STATUS", status)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--space", "fmnist_quik"],
+        ["--space", "fmnist_quick", "--set", "learning_rat=1"],
+        ["--space", "fmnist_quick", "--num-samples", "0"],
+        ["--space", "fmnist_quick", "--gpus-per-trial", "-1"],
+        ["--space", "fmnist_quick", "--budgets", "1,x"],
+    ],
+)
+def test_argument_and_space_errors_are_answered_before_torch_or_ray_load(argv):
+    # What makes them answer in well under a second (figures: docs/benchmarks.md): nothing
+    # heavy is imported before the request is checked.
+    result = run("-c", LIGHT_CHECK.format(argv=argv))
+    assert "HEAVY [] STATUS 2" in result.stdout, result.stdout + result.stderr
+    assert "error: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_typos_get_the_closest_name():
+    result = search("--space", "fmnist_quik")
+    assert "did you mean 'fmnist_quick'?" in result.stderr
+    with pytest.raises(TrainerError, match="did you mean 'learning_rate'"):
+        parse_overrides(["learning_rat=1"])
+
+
+def test_one_set_takes_several_settings():
+    args = build_parser().parse_args(
+        ["--space", "fmnist_quick", "--set", "epochs=2", "batch_size=64", "--set", "seed=3"]
+    )
+    assert args.overrides == ["epochs=2", "batch_size=64", "seed=3"]
+    assert parse_overrides(args.overrides) == {"epochs": 2, "batch_size": 64, "seed": 3}
+
+
+def test_a_python_without_the_project_is_told_to_use_the_venv():
+    # -S: no site-packages, as with a system Python that never saw `pip install -e .`.
+    result = run("-S", "search/run.py", "--space", "fmnist_quick")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert ".venv/bin/python search/run.py" in result.stderr
+    assert "source .venv/bin/activate" in result.stderr
+
+
+def test_a_mistyped_space_writes_nothing(tmp_path):
+    result = run_in(tmp_path, sys.executable, str(ROOT / "search/run.py"), "--space", "nope")
+    assert result.returncode == 2
+    assert list(tmp_path.iterdir()) == []  # no runs/
+
+
+@needs_fashion_mnist
+def test_a_refused_search_does_not_create_its_storage_path(tmp_path):
+    # The README's cluster command on a machine without CIFAR: refused, and /shared/runs (here
+    # tmp/shared/runs) is not created on the way.
+    storage = tmp_path / "shared" / "runs"
+    for argv in (
+        ["--space", "nfnet_cifar", "--set", "data_dir=/nonexistent", "download=false"],
+        [*TINY, "--set", "batch_size=0"],
+        [*TINY, "--gpus-per-trial", "-1"],
+    ):
+        result = search(*argv, "--storage-path", str(storage))
+        assert result.returncode == 2 and "error: " in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "shared").exists(), argv
+
+
+def test_a_relative_storage_path_under_a_ray_job_is_warned_about(monkeypatch, capsys):
+    warn_relative_storage(Path("runs"))
+    assert capsys.readouterr().err == ""  # not a Ray job: no warning
+    monkeypatch.setenv(
+        "RAY_JOB_CONFIG_JSON_ENV_VAR",
+        '{"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_1"}}',
+    )
+    warn_relative_storage(Path("/shared/runs"))
+    assert capsys.readouterr().err == ""  # absolute: fine
+    warn_relative_storage(Path("runs"))
+    err = capsys.readouterr().err
+    assert "raysubmit_1" in err and "relative --storage-path 'runs'" in err
+    assert "absolute path" in err
+
+
+def run_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
