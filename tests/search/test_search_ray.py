@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -216,9 +218,34 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     )
     study = optuna.load_study(study_name="fmnist_frontier", storage=storage)
     assert len(study.directions) == 2  # accuracy and ε
+    assert study.metric_names == ["val_accuracy", "epsilon"]  # not "Objective 0", "Objective 1"
+    assert optuna_dashboard_objectives(directory / "optuna_journal.log") == study.metric_names
     # The results layer matches every Tune trial to its Optuna trial.
     import results
 
     loaded = results.load_experiment(directory).trials
     assert sorted(loaded["optuna_number"]) == [0, 1, 2, 3]
     assert set(loaded["optuna_state"]) == {"complete"}
+
+
+def optuna_dashboard_objectives(journal: Path) -> list[str]:
+    """The README's `optuna-dashboard runs/NAME/optuna_journal.log` (on a free port), asked
+    over its HTTP API for the names it shows for the study's objectives."""
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), str(journal),
+               "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+    dashboard = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/api/studies/0"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return json.loads(response.read())["objective_names"]
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
