@@ -103,3 +103,23 @@ def test_a_relative_storage_path_under_a_ray_job_is_warned_about(monkeypatch, ca
 
 def run_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_progress_line_says_what_a_user_needs_and_keeps_k_secret():
+    from types import SimpleNamespace
+
+    from search.live import progress_line
+
+    values = {"epsilon_spent": 2.0001, "epsilon_planned": 6.3401, "best_val_score": 0.81234,
+              "trials_finished": 2}  # fmt: skip
+    trials = [SimpleNamespace(status=s) for s in ("TERMINATED", "TERMINATED", "RUNNING")]
+    composed = SimpleNamespace(mode="composition", num_trials=8)
+    line = progress_line(composed, values, trials, elapsed_s=90.0)
+    assert line == (
+        "[1m30s] 2/8 trials done, 1 running · ε spent 2.001 of 6.341 (spent: analyst-only) · "
+        "best noisy validation score 0.8123 · ETA 4m30s"
+    )
+    secret = SimpleNamespace(mode="random-stopping", num_trials=5)  # K = 5, never shown
+    line = progress_line(secret, values, trials, elapsed_s=90.0)
+    assert "2 trials done, 1 running (K is secret)" in line
+    assert "/5" not in line and "ETA" not in line
