@@ -70,7 +70,7 @@ def test_a_second_local_search_gets_its_own_dashboard_port(tmp_path):
     first = start_search(*common, "--name", "first", "--set", "epochs=4")
     try:
         started = read_until(first, r"Ray dashboard: http://127\.0\.0\.1:\d+")
-        second = search(*common, "--name", "second")
+        second = search(*common, "--name", "second", "--verbose")
         rest, _ = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
@@ -82,6 +82,9 @@ def test_a_second_local_search_gets_its_own_dashboard_port(tmp_path):
         for text in ("".join(started), second.stdout)
     ]
     assert ports[0] != ports[1]
+    assert "Trial status" in second.stdout  # --verbose: Tune's own tables as well
+    assert "Trial status" not in "".join(started) + rest  # by default: our progress line
+    assert "trials done" in "".join(started) + rest
     for name in ("first", "second"):
         assert (tmp_path / name / "pareto.md").exists()
 
