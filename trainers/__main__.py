@@ -20,8 +20,6 @@ from trainers.config import (
     parse_overrides,
     writable_directory,
 )
-from trainers.loop import train
-from trainers.smoke import smoke_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         space = spaces.get_space(args.space)
+        overrides = parse_overrides(args.overrides)
         out_dir = writable_directory(args.out, "--out")
+        # torch loads only now: a typo above is answered at once.
+        from trainers.loop import train
+        from trainers.smoke import smoke_config
+
         base = smoke_config(space, out_dir) if args.smoke else space.default_config()
-        config = make_config({**base, **parse_overrides(args.overrides)})
+        config = make_config({**base, **overrides})
         out_dir.mkdir(parents=True, exist_ok=True)  # every check above passed
         history: list[dict[str, Any]] = []
         ledger_report = _LedgerReport(out_dir, history)
