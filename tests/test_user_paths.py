@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from search.arguments import build_parser
-from search.preflight import warn_relative_storage
 from tests.helpers import ROOT, TINY, needs_fashion_mnist, run, search
 from trainers import TrainerError, parse_overrides
 
@@ -84,21 +83,6 @@ def test_a_refused_search_does_not_create_its_storage_path(tmp_path):
         result = search(*argv, "--storage-path", str(storage))
         assert result.returncode == 2 and "error: " in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "shared").exists(), argv
-
-
-def test_a_relative_storage_path_under_a_ray_job_is_warned_about(monkeypatch, capsys):
-    warn_relative_storage(Path("runs"))
-    assert capsys.readouterr().err == ""  # not a Ray job: no warning
-    monkeypatch.setenv(
-        "RAY_JOB_CONFIG_JSON_ENV_VAR",
-        '{"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_1"}}',
-    )
-    warn_relative_storage(Path("/shared/runs"))
-    assert capsys.readouterr().err == ""  # absolute: fine
-    warn_relative_storage(Path("runs"))
-    err = capsys.readouterr().err
-    assert "raysubmit_1" in err and "relative --storage-path 'runs'" in err
-    assert "absolute path" in err
 
 
 def run_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
