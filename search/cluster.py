@@ -16,6 +16,12 @@ from search.errors import SearchError
 DASHBOARD_PORT = 8265
 """Ray's usual dashboard port; a second local search on this machine takes the next free one."""
 
+METRICS_REPORT_INTERVAL_MS = 2000
+"""How often a local Ray's processes hand their metrics to the exporter Prometheus scrapes
+(Ray's default: 10 s): a gauge the search sets is scrapeable within ~2 s, so even a short
+search is seen; the very last values can still be lost when the search stops its Ray
+(docs/monitoring/README.md)."""
+
 LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch for a single-machine node (its default off Linux): "0" makes the node's IP
 127.0.0.1, and Ray then binds GCS, raylet, workers, agents and metrics exporters to it."""
@@ -55,6 +61,7 @@ def start_ray(
             include_dashboard=True,
             dashboard_host=dashboard_host,
             dashboard_port=port,
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
             **_logging(verbose),
         )
     url = context.dashboard_url
