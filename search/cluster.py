@@ -54,16 +54,33 @@ def start_ray(
             "machines; its API still requires the token in ~/.ray/auth_token.",
             file=sys.stderr,
         )
-    port = free_dashboard_port(dashboard_host) if dashboard_port is None else dashboard_port
-    with loopback_node():
-        context = ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host=dashboard_host,
-            dashboard_port=port,
-            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
-            **_logging(verbose),
-        )
+    for attempt in range(DASHBOARD_ATTEMPTS):
+        port = free_dashboard_port(dashboard_host) if dashboard_port is None else dashboard_port
+        try:
+            with loopback_node():
+                context = ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=True,
+                    dashboard_host=dashboard_host,
+                    dashboard_port=port,
+                    _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
+                    **_logging(verbose),
+                )
+            break
+        except Exception as error:  # Ray raises a bare Exception when its dashboard fails
+            # Another search took the port between our probe and Ray's bind: take the next.
+            taken = any(words in str(error) for words in PORT_TAKEN)
+            ray.shutdown()
+            if not taken:
+                raise SearchError(
+                    f"could not start the local Ray ({_first_line(error)}); its logs are in "
+                    "/tmp/ray/session_latest/logs."
+                ) from None
+            if dashboard_port is not None or attempt + 1 == DASHBOARD_ATTEMPTS:
+                raise SearchError(
+                    f"the dashboard port {port} was taken as the local Ray started (another "
+                    "search starting?); pick a free one with --dashboard-port."
+                ) from None
     url = context.dashboard_url
     if url:
         print(
@@ -96,6 +113,15 @@ def loopback_node() -> Iterator[None]:
             os.environ.pop(LOOPBACK_NODE_ENV, None)
         else:
             os.environ[LOOPBACK_NODE_ENV] = before_env
+
+
+DASHBOARD_ATTEMPTS = 5
+PORT_TAKEN = ("already occupied", "address already in use", "valid port for dashboard")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:160]
 
 
 def _logging(verbose: bool) -> dict:

@@ -96,3 +96,34 @@ def test_a_trial_no_node_can_hold_is_refused_before_anything_is_written(tmp_path
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: no trial can run here") and "0.5 GPU(s)" in last
     assert "Traceback" not in result.stderr and not storage.exists()
+
+
+def test_a_dashboard_port_taken_between_probe_and_bind_moves_to_the_next(monkeypatch, capsys):
+    # Two searches starting at the same moment can both find 8265 free; the second one's Ray
+    # then fails to bind it. Here the "other search" holds the first port offered.
+    import socket
+
+    import ray
+
+    from search import cluster
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    offered = []
+
+    def probe(host):
+        port = taken if not offered else cluster.DASHBOARD_PORT + 50 + len(offered)
+        offered.append(port)
+        return port
+
+    monkeypatch.setattr(cluster, "free_dashboard_port", probe)
+    try:
+        cluster.start_ray(address=None, num_cpus=1, dashboard_host="127.0.0.1", verbose=False)
+        free = offered[-1]
+        assert offered[0] == taken and len(offered) == 2
+        assert f"Ray dashboard: http://127.0.0.1:{free}" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+        holder.close()
