@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,8 +20,23 @@ DASHBOARD_PORT = 8265
 METRICS_REPORT_INTERVAL_MS = 2000
 """How often a local Ray's processes hand their metrics to the exporter Prometheus scrapes
 (Ray's default: 10 s): a gauge the search sets is scrapeable within ~2 s, so even a short
-search is seen; the very last values can still be lost when the search stops its Ray
-(docs/monitoring/README.md)."""
+search is seen. The last values would be lost when the search stops its Ray at once: with
+Prometheus in use, `linger_for_prometheus` waits for one export and one scrape first."""
+
+PROMETHEUS_SCRAPE_S = 5.0
+"""The scrape interval of docs/monitoring/prometheus.yml."""
+
+
+def linger_for_prometheus(address: str | None) -> None:
+    """Before a local search stops its Ray: when the user runs Prometheus for it
+    (RAY_PROMETHEUS_HOST set, as docs/monitoring/README.md says), keep the exporter up for one
+    export and one scrape, so the final privacy gauges are recorded, not the last-but-one."""
+    if address is not None or not os.environ.get("RAY_PROMETHEUS_HOST"):
+        return  # a joined cluster outlives the search; without Prometheus nobody scrapes
+    wait = METRICS_REPORT_INTERVAL_MS / 1000 + PROMETHEUS_SCRAPE_S
+    print(f"Keeping the local Ray {wait:g} s for Prometheus to scrape the final privacy gauges.")
+    time.sleep(wait)
+
 
 LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch for a single-machine node (its default off Linux): "0" makes the node's IP

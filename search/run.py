@@ -134,11 +134,13 @@ def _start_cluster(args) -> None:
 def _search(plan, experiment_dir: Path, args) -> int:
     """Run the trials; a finished search prints its DP release, an interrupted one only how
     to continue it."""
+    from search.cluster import linger_for_prometheus
     from search.interrupt import GracefulInterrupt
     from search.summary import summarize
 
     with GracefulInterrupt() as interrupt:
         results = _fit(plan, experiment_dir, args)
+    linger_for_prometheus(args.address)
     if interrupt.received:
         _stop_ray()
         print(_interrupted_summary(plan, experiment_dir, args), file=sys.stderr)

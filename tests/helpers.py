@@ -123,8 +123,9 @@ def assert_one_sentence_error(result, fragment):
     assert lines[-1].startswith("error: ") and fragment in lines[-1], result.stderr
 
 
-def search(*args, timeout=420, **kwargs):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore"}
+def search(*args, timeout=420, env=None, **kwargs):
+    """`python search/run.py ARGS` as a user runs it; `env` adds to this environment."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(
         [sys.executable, "search/run.py", *args], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout, env=env, **kwargs,

@@ -240,6 +240,34 @@ def test_prometheus_scrapes_the_privacy_gauges_of_a_search(tmp_path, monkeypatch
     assert float(planned[0]["value"][1]) == pytest.approx(final.epsilon)
 
 
+@pytest.mark.slow  # a real Ray search
+def test_a_local_search_keeps_its_ray_until_prometheus_has_the_final_gauges(tmp_path):
+    """The user's path: Prometheus running with the shipped configuration, RAY_PROMETHEUS_HOST
+    set, then a plain local search. Its Ray stops with it, but only after one export and one
+    scrape (search/cluster.py: linger_for_prometheus), so Prometheus holds the final ε spent."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("no prometheus binary: apt-get install -y prometheus (.ci/run installs it)")
+    ray_tmpdir = short_ray_tmpdir()
+    prometheus, port = start_prometheus(binary, tmp_path, ray_tmpdir)
+    try:
+        result = search(
+            *TINY, "--num-samples", "2", "--searcher", "random", "--set", "epochs=1",
+            "--storage-path", str(tmp_path), "--name", "local",
+            env={"RAY_TMPDIR": str(ray_tmpdir), "RAY_PROMETHEUS_HOST": f"http://127.0.0.1:{port}"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "for Prometheus to scrape the final privacy gauges" in result.stdout
+        query = 'last_over_time(ray_dp_search_epsilon_spent{experiment="local"}[10m])'
+        scraped = prometheus_api(port, "query", query=query)
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    final = search_epsilon(tmp_path / "local")
+    assert len(scraped) == 1 and float(scraped[0]["value"][1]) == pytest.approx(final.spent)
+
+
 # --- the local Ray's sockets -------------------------------------------------------------------
 
 
