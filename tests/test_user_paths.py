@@ -107,3 +107,17 @@ def test_the_progress_line_says_what_a_user_needs_and_keeps_k_secret():
     line = progress_line(secret, values, trials, elapsed_s=90.0)
     assert "2 trials done, 1 running (K is secret)" in line
     assert "/5" not in line and "ETA" not in line
+
+
+def test_a_dashboard_port_that_cannot_be_had_is_refused_before_ray_starts(tmp_path):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        for port, answer in ((taken, f"--dashboard-port {taken} is taken"),
+                             (70000, "--dashboard-port must be in 1-65535")):  # fmt: skip
+            result = search(*TINY, "--dashboard-port", str(port), "--storage-path", str(tmp_path))
+            assert result.returncode == 2 and answer in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []

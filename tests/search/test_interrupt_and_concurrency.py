@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,12 @@ def start_search(*args: str) -> subprocess.Popen:
         [sys.executable, "search/run.py", *args], cwd=ROOT, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def read_until(process: subprocess.Popen, pattern: str, timeout: float = 240) -> list[str]:
@@ -67,7 +74,9 @@ def test_ctrl_c_exits_130_releases_nothing_and_resume_finishes(tmp_path):
 def test_a_second_local_search_gets_its_own_dashboard_port(tmp_path):
     common = [*TINY, "--num-samples", "2", "--set", "epochs=1", "--num-cpus", "1",
               "--storage-path", str(tmp_path)]  # fmt: skip
-    first = start_search(*common, "--name", "first", "--set", "epochs=4")
+    chosen = free_port()
+    first = start_search(*common, "--name", "first", "--set", "epochs=4",
+                         "--dashboard-port", str(chosen))  # fmt: skip
     try:
         started = read_until(first, r"Ray dashboard: http://127\.0\.0\.1:\d+")
         second = search(*common, "--name", "second", "--verbose")
@@ -81,7 +90,7 @@ def test_a_second_local_search_gets_its_own_dashboard_port(tmp_path):
         re.search(r"Ray dashboard: http://127\.0\.0\.1:(\d+)", text).group(1)
         for text in ("".join(started), second.stdout)
     ]
-    assert ports[0] != ports[1]
+    assert ports[0] == str(chosen) and ports[1] != ports[0]
     assert "Trial status" in second.stdout  # --verbose: Tune's own tables as well
     assert "Trial status" not in "".join(started) + rest  # by default: our progress line
     assert "trials done" in "".join(started) + rest
@@ -101,8 +110,6 @@ def test_a_trial_no_node_can_hold_is_refused_before_anything_is_written(tmp_path
 def test_a_dashboard_port_taken_between_probe_and_bind_moves_to_the_next(monkeypatch, capsys):
     # Two searches starting at the same moment can both find 8265 free; the second one's Ray
     # then fails to bind it. Here the "other search" holds the first port offered.
-    import socket
-
     import ray
 
     from search import cluster
