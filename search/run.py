@@ -48,10 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"error: {error}")
     except KeyboardInterrupt:
         _stop_ray()
-        started = getattr(args, "experiment_dir", None)
         print(
-            f"\nInterrupted; continue with {_resume_command(args, started.name)}"
-            if started
+            f"\nInterrupted; continue with {_resume_command(args)}"
+            if getattr(args, "experiment_dir", None)
             else "\nInterrupted before the search started: nothing was written.",
             file=sys.stderr,
         )
@@ -169,12 +168,14 @@ def _interrupted_summary(plan, experiment_dir: Path, args) -> str:
         f"started, {finished} ended; the ledger counts every step that ran (ε spent so far "
         f"{accounting.show_epsilon(spent)}; the plan's ε "
         f"{accounting.show_epsilon(plan.privacy.epsilon())} still bounds the whole search).\n"
-        f"Continue it with: {_resume_command(args, experiment_dir.name)}"
+        f"Continue it with: {_resume_command(args)}"
     )
 
 
-def _resume_command(args, name: str | None = None) -> str:
-    name = name or args.name or "NAME"
+def _resume_command(args) -> str:
+    """The command that continues this search (its name once its directory exists)."""
+    started = getattr(args, "experiment_dir", None)
+    name = started.name if started else args.name or "NAME"
     storage = "" if args.storage_path == Path("runs") else f" --storage-path {args.storage_path}"
     return f"python search/run.py --name {name}{storage} --resume"
 
