@@ -1,7 +1,9 @@
 """Question 2 of DESIGN.md on Fashion-MNIST: what accuracy does the recipe reach at ε = 1, 2, 4, 8?
 
-Each trial draws its own target ε, so the search traces an accuracy-versus-ε frontier; Optuna
-then optimises accuracy and ε together (multi-objective). Trials take ~10-30 s on 2 CPU cores.
+The quickstart (the README's first command): each trial draws its own target ε, so the search
+traces an accuracy-versus-ε frontier; Optuna then optimises accuracy and ε together
+(multi-objective). Trials take ~10-30 s on 2 CPU cores, the default 8 trials ~3 minutes
+(docs/benchmarks.md, "Quickstart search").
 """
 
 from spaces import fmnist_quick
@@ -14,7 +16,9 @@ _QUICK = fmnist_quick.SPACE
 register_space(
     SearchSpace(
         name="fmnist_frontier",
-        description="Accuracy vs ε on Fashion-MNIST: each trial targets ε ∈ {1, 2, 4, 8} (CPU).",
+        description=(
+            "Quickstart: accuracy vs ε on Fashion-MNIST, each trial at ε ∈ {1, 2, 4, 8} (CPU)."
+        ),
         fixed={k: v for k, v in _QUICK.fixed.items() if k != "target_epsilon"},
         searched={
             "target_epsilon": Choice(values=(1.0, 2.0, 4.0, 8.0), default=8.0),
