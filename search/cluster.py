@@ -26,15 +26,27 @@ Prometheus in use, `linger_for_prometheus` waits for one export and one scrape f
 PROMETHEUS_SCRAPE_S = 5.0
 """The scrape interval of docs/monitoring/prometheus.yml."""
 
+EXPORTER_LISTED_S = 10.0
+"""How long after `ray.init` the exporter carrying the search's gauges appears in Ray's
+service discovery file (rewritten every 5 s; measured ~10 s): Prometheus cannot scrape it
+before."""
+
+_local_ray_started: float | None = None
+
 
 def linger_for_prometheus(address: str | None) -> None:
     """Before a local search stops its Ray: when the user runs Prometheus for it
     (RAY_PROMETHEUS_HOST set, as docs/monitoring/README.md says), keep the exporter up for one
-    export and one scrape, so the final privacy gauges are recorded, not the last-but-one."""
-    if address is not None or not os.environ.get("RAY_PROMETHEUS_HOST"):
-        return  # a joined cluster outlives the search; without Prometheus nobody scrapes
-    wait = METRICS_REPORT_INTERVAL_MS / 1000 + PROMETHEUS_SCRAPE_S
-    print(f"Keeping the local Ray {wait:g} s for Prometheus to scrape the final privacy gauges.")
+    export and one scrape, and at least until Prometheus can have found it, so the final
+    privacy gauges are recorded even for a search of a few seconds."""
+    if address is not None or _local_ray_started is None:
+        return  # a joined cluster outlives the search
+    if not os.environ.get("RAY_PROMETHEUS_HOST"):
+        return  # without Prometheus nobody scrapes
+    one_scrape = METRICS_REPORT_INTERVAL_MS / 1000 + PROMETHEUS_SCRAPE_S
+    up = time.monotonic() - _local_ray_started
+    wait = max(one_scrape, EXPORTER_LISTED_S + one_scrape - up)
+    print(f"Keeping the local Ray {wait:.0f} s for Prometheus to scrape the final privacy gauges.")
     time.sleep(wait)
 
 
@@ -53,6 +65,7 @@ def start_ray(
 ) -> None:
     """Join the cluster at `address`, or start a local one with `num_cpus` and the dashboard
     on `dashboard_port` (None: 8265, or the next free port when another search holds it)."""
+    global _local_ray_started  # when the local Ray started (for linger_for_prometheus)
     import ray  # slow to import: only a search that runs trials pays for it
 
     if address:
@@ -82,6 +95,7 @@ def start_ray(
                     _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
                     **_logging(verbose),
                 )
+            _local_ray_started = time.monotonic()
             break
         except Exception as error:  # Ray raises a bare Exception when its dashboard fails
             # Another search took the port between our probe and Ray's bind: take the next.

@@ -23,7 +23,7 @@ GAUGES = (
     ("epsilon_spent", "search epsilon spent so far, from the privacy ledger"),
     ("epsilon_planned", "the search epsilon fixed by the plan before the first trial"),
     ("budget_left", "planned search epsilon minus epsilon spent"),
-    ("best_val_score", "best noisy validation score so far"),
+    ("best_val_score", "best final noisy validation score of a completed trial"),
     ("trials_finished", "trials that completed, stopped or failed"),
 )
 """Prometheus names: ray_dp_search_<name>{experiment=...}. Ray's descriptions must be ASCII."""
@@ -64,7 +64,6 @@ class SearchProgress(Callback):
         self.ended_before = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.best = max(self.best, float(result.get(self.plan.metric, -math.inf)))
         now = time.monotonic()
         if now - self.last_update > 2.0:
             values = self.update()
@@ -72,6 +71,10 @@ class SearchProgress(Callback):
                 self.show(values, trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # The release chooses among completed trials by their last noisy score: so does this.
+        score = (trial.last_result or {}).get(self.plan.metric)
+        if score is not None and math.isfinite(float(score)):
+            self.best = max(self.best, float(score))
         self._trial_ended(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -120,8 +123,9 @@ def progress_line(
 ) -> str:
     """One line: trials ended (the ledger's count) / planned (K stays unsaid under random
     stopping), ε spent of the plan's ε (analyst-only: the release is the plan's ε), the best
-    noisy validation score reported so far, and an ETA from the pace of the trials that ended
-    in this run (`ended_before`: those that had ended before it, on a resume)."""
+    final noisy validation score of a completed trial (what the release chooses by), and an
+    ETA from the pace of the trials that ended in this run (`ended_before`: those that had
+    ended before it, on a resume)."""
     done = int(values["trials_finished"])
     running = sum(t.status == "RUNNING" for t in trials)
     if plan.mode == "random-stopping":

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -180,7 +181,8 @@ def test_live_privacy_metrics_are_recomputed_from_the_ledger(tmp_path):
     ray.init(num_cpus=1, include_dashboard=False)
     try:
         callback = SearchProgress(plan, tmp_path, out=None)
-        callback.on_trial_result(0, [], None, {"val_accuracy": 0.7})
+        callback.on_trial_result(0, [], None, {"val_accuracy": 0.9})  # an epoch, not final
+        callback.on_trial_complete(0, [], SimpleNamespace(last_result={"val_accuracy": 0.7}))
         values = callback.update()
     finally:
         ray.shutdown()
