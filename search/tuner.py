@@ -132,8 +132,15 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
     )
     kwargs = {"metric": [plan.metric, "epsilon"], "mode": ["max", "min"]}
     kwargs = kwargs if multi_objective else {}
-    searcher = NamedOptunaSearch(seed=plan.seed, storage=storage, study_name=plan.space, **kwargs)
-    searcher.objective_names = [plan.metric, "epsilon"] if multi_objective else [plan.metric]
+    epsilons = searched.get("target_epsilon")
+    searcher = NamedOptunaSearch(
+        objective_names=[plan.metric, "epsilon"] if multi_objective else [plan.metric],
+        first_points=[{"target_epsilon": e} for e in getattr(epsilons, "values", ())],
+        seed=plan.seed,
+        storage=storage,
+        study_name=plan.space,
+        **kwargs,
+    )
     return (
         ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
     )
@@ -141,16 +148,25 @@ def _searcher(plan, searched, experiment_dir, multi_objective, max_concurrent):
 
 class NamedOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, with the study's objectives named (optuna-dashboard shows
-    "val_accuracy" and "epsilon" instead of "Objective 0" and "Objective 1")."""
+    "val_accuracy" and "epsilon" instead of "Objective 0" and "Objective 1") and, on a new
+    study, `first_points` queued first: for a space whose trials choose their ε, one trial at
+    each ε it offers, so even a short search traces the whole accuracy-vs-ε frontier (the
+    other hyperparameters are sampled as usual). The queue is fixed by the space alone, before
+    any result exists, so it costs no privacy."""
 
-    objective_names: list[str] = []
+    def __init__(self, *, objective_names: list[str], first_points=(), **kwargs) -> None:
+        self.objective_names = list(objective_names)
+        self.first_points = [dict(point) for point in first_points]
+        super().__init__(**kwargs)
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
-        if self.objective_names:
-            with warnings.catch_warnings():  # set_metric_names is marked experimental
-                warnings.simplefilter("ignore")
-                self._ot_study.set_metric_names(list(self.objective_names))
+        with warnings.catch_warnings():  # both are marked experimental by Optuna
+            warnings.simplefilter("ignore")
+            self._ot_study.set_metric_names(self.objective_names)
+            if not self._ot_study.trials:  # a new study, not one a resume continues
+                for point in self.first_points:
+                    self._ot_study.enqueue_trial(point, skip_if_exists=True)
 
 
 def _scheduler(plan, searched, *, own_metric: bool):
