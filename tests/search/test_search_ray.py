@@ -206,6 +206,8 @@ def test_frontier_space_runs_multi_objective_optuna(tmp_path):
     directory = tmp_path / "front"
     trials = pd.read_csv(directory / "trials.csv")
     assert len(trials) == 4
+    # One trial at each ε the space offers comes first: 4 trials trace the whole frontier.
+    assert sorted(trials["config/target_epsilon"]) == [1.0, 2.0, 4.0, 8.0]
     assert (trials["trial_epsilon"] <= trials["config/target_epsilon"] + 1e-9).all()
     plan = json.loads((directory / "search.json").read_text())["privacy"]
     assert plan["noise_multiplier"] is None  # no budget: σ per trial
