@@ -1,4 +1,4 @@
-"""The search ε of the quickstart and of the `fmnist_frontier` search on real Fashion-MNIST,
+"""The search ε of the `fmnist_quick` and `fmnist_frontier` searches on real Fashion-MNIST,
 with what DP validation adds under parallel composition measured separately.
 
 For each search (run with `search/run.py`, embedded local Ray, CPU):

@@ -1,4 +1,4 @@
-"""Question 2 of DESIGN.md on Fashion-MNIST: what accuracy does the recipe reach at ε = 1, 2, 4, 8?
+"""The quickstart: what accuracy does the Fashion-MNIST recipe reach at ε = 1, 2, 4 and 8?
 
 The quickstart (the README's first command): each trial draws its own target ε, so the search
 traces an accuracy-versus-ε frontier; Optuna then optimises accuracy and ε together

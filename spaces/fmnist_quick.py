@@ -1,4 +1,5 @@
-"""The quickstart: a real Fashion-MNIST search whose trials take ~10-30 s on 2 CPU cores."""
+"""The quickstart's recipe at one ε = 3 per trial: a Fashion-MNIST search, ~10-30 s a trial on 2
+CPU cores (the quickstart, `fmnist_frontier`, searches ε as well)."""
 
 from spaces.distributions import IntUniform, LogUniform
 from spaces.registry import SearchSpace, register_space
@@ -6,7 +7,7 @@ from spaces.registry import SearchSpace, register_space
 SPACE = register_space(
     SearchSpace(
         name="fmnist_quick",
-        description="Quickstart: Tramèr & Boneh CNN on Fashion-MNIST, 1-3 epochs, ε=3 per trial.",
+        description="Tramèr & Boneh CNN on Fashion-MNIST, 1-3 epochs, ε=3 per trial (CPU).",
         fixed={
             "dataset": "fashion_mnist",
             "model": "tramer_boneh_cnn",

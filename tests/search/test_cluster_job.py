@@ -54,7 +54,7 @@ SUBMIT = (
 )
 README_COMMANDS = (EXPORT, TOKEN, HEAD, JOIN, JOIN_HERE, SUBMIT)
 
-# The quickstart on tiny synthetic data: TINY without its --space (the README gives it).
+# The README's job (fmnist_quick) on tiny synthetic data: TINY without its --space.
 TINY_QUICKSTART = [*TINY[2:], "--num-samples", "2", "--set", "epochs=1"]
 
 
