@@ -13,13 +13,8 @@ from typing import Any
 
 import accounting
 import spaces
-from trainers.config import (
-    TrainerError,
-    add_settings_argument,
-    make_config,
-    parse_overrides,
-    writable_directory,
-)
+from trainers.command_line import add_settings_argument, parse_overrides, writable_directory
+from trainers.config import TrainerError, make_config
 
 
 def _parser() -> argparse.ArgumentParser:

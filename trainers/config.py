@@ -8,14 +8,11 @@ refuse a bad value; splitting the fields from their checks would put one concept
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from accounting import VALIDATION_MODES
@@ -365,49 +362,11 @@ def make_config(values: Mapping[str, Any]) -> TrainConfig:
             f"known: {', '.join(sorted(known))}."
         )
     hints = typing.get_type_hints(TrainConfig)
-    checked = {key: _coerce(key, value, hints[key]) for key, value in values.items()}
+    checked = {key: coerce_setting(key, value, hints[key]) for key, value in values.items()}
     return TrainConfig(**checked)
 
 
-def parse_overrides(assignments: Iterable[str]) -> dict[str, Any]:
-    """Parse `key=value` strings (from `--set`) into typed values of `TrainConfig` fields."""
-    hints = typing.get_type_hints(TrainConfig)
-    result: dict[str, Any] = {}
-    for text in assignments:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise TrainerError(f"--set expects key=value (got {text!r}).")
-        if key not in hints:
-            close = difflib.get_close_matches(key, hints, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise TrainerError(
-                f"unknown hyperparameter {key!r}; {hint}known: {', '.join(sorted(hints))}."
-            )
-        value = _parse_text(raw.strip())
-        if hints[key] is str and value is not None:
-            value = raw.strip()  # a text setting keeps its words ("off", "1e-3", …)
-        result[key] = _coerce(key, value, hints[key])
-    return result
-
-
-def _parse_text(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("none", "null", ""):
-        return None
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
+def coerce_setting(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's annotation, converting int → float where meant."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
@@ -427,37 +386,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
     names = " or ".join("none" if k is type(None) else k.__name__ for k in allowed)
     raise TrainerError(f"{key} must be {names} (got {value!r}).")
-
-
-def writable_directory(path: Path, flag: str) -> Path:
-    """`path` if it is a writable folder or could be created as one, else a one-sentence
-    TrainerError naming `flag` (--out, --storage-path). It creates nothing: a command refused
-    by a later check must leave no folder behind, so each command creates its output only
-    once every check has passed."""
-    existing = path.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent  # the nearest folder that exists: where mkdir would start
-    if not existing.is_dir():
-        raise TrainerError(
-            f"cannot create {flag} {str(path)!r}: {existing} is a file, not a folder; choose "
-            "another folder."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = path.absolute()
-        what = "is not writable" if existing == where else f"cannot be created in {existing}"
-        raise TrainerError(f"{flag} {str(path)!r} {what}; choose another folder.")
-    return path
-
-
-def add_settings_argument(parser, help: str) -> None:
-    """The `--set KEY=VALUE …` option of every command line: repeatable, and several settings
-    may follow one --set (`--set epochs=2 batch_size=64`)."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help=help,
-    )
