@@ -240,3 +240,44 @@ def test_same_seed_trials_on_the_fast_engine_are_bit_identical():
     assert a["clipping"] == "fast"
     for key in ("test_loss", "train_loss", "val_accuracy"):
         assert a[key] == b[key], key
+
+
+class TinyTransformer(nn.Module):
+    """A ViT's trainable layer types without its module-level parameters: a patch-embedding
+    conv, LayerNorms over tokens (one without bias, one frozen), 3-D Linear layers."""
+
+    def __init__(self, channels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(channels, width, kernel_size=4, stride=4)
+        self.norm1 = nn.LayerNorm(width)
+        hidden = 2 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+        self.norm2 = nn.LayerNorm(width, bias=False)
+        self.norm3 = nn.LayerNorm(width)
+        self.norm3.requires_grad_(False)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # (N, T, width)
+        tokens = tokens + self.mlp(self.norm1(tokens))
+        return self.head(self.norm3(self.norm2(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("batch, views", [(1, 1), (5, 1), (3, 2)])
+def test_layer_norm_over_tokens_matches_the_microbatch_reference(batch, views):
+    torch.manual_seed(0)
+    model = TinyTransformer().double()
+    assert fast_clipping_unsupported(model) is None
+    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
+    images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
+    labels = torch.arange(batch) % 10
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
+    norms = per_example.norm(dim=1)
+    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
+    got_norms, summed = fast_clipped(model, images, labels, views, clip)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    trains = torch.cat([torch.full((p.numel(),), p.requires_grad) for p in model.parameters()])
+    assert not summed[~trains].any()  # the frozen LayerNorm: nothing clipped, nothing summed
+    torch.testing.assert_close(summed[trains], (per_example * factors[:, None]).sum(0),
+                               rtol=1e-5, atol=1e-10)  # fmt: skip

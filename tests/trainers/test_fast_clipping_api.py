@@ -205,7 +205,7 @@ def test_make_private_adds_the_noise_its_generator_draws():
                        for p in model.parameters()])  # fmt: skip
     torch.testing.assert_close(before - _flat(model), (clipped_sum + noise) / 4, rtol=1e-6,
                                atol=1e-12)  # fmt: skip
-    with pytest.raises(ValueError, match="LayerNorm"):
-        odd = nn.Sequential(nn.Flatten(), nn.LayerNorm(4))
+    with pytest.raises(ValueError, match="PReLU"):  # a layer with no handler
+        odd = nn.Sequential(nn.Flatten(), nn.PReLU())
         with make_private(odd, optimizer, noise_multiplier=1.0, max_grad_norm=1.0):
             pass
