@@ -244,12 +244,14 @@ def test_same_seed_trials_on_the_fast_engine_are_bit_identical():
 
 class TinyTransformer(nn.Module):
     """A ViT's trainable layer types without its module-level parameters: a patch-embedding
-    conv, LayerNorms over tokens (one without bias, one frozen), 3-D Linear layers."""
+    conv, LayerNorms over tokens (timm's, one without bias, one frozen), 3-D Linear layers."""
 
     def __init__(self, channels: int = 3, width: int = 8) -> None:
+        from timm.layers import LayerNorm
+
         super().__init__()
         self.patches = nn.Conv2d(channels, width, kernel_size=4, stride=4)
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = LayerNorm(width)
         hidden = 2 * width
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.norm2 = nn.LayerNorm(width, bias=False)
@@ -281,3 +283,28 @@ def test_layer_norm_over_tokens_matches_the_microbatch_reference(batch, views):
     assert not summed[~trains].any()  # the frozen LayerNorm: nothing clipped, nothing summed
     torch.testing.assert_close(summed[trains], (per_example * factors[:, None]).sum(0),
                                rtol=1e-5, atol=1e-10)  # fmt: skip
+
+
+@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("batch, views", [(1, 1), (5, 1), (3, 2)])
+def test_timm_group_norm_act_matches_the_microbatch_reference(act, batch, views):
+    from timm.layers import GroupNormAct
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), GroupNormAct(8, num_groups=4, act_layer=act),
+        nn.Conv2d(8, 8, 3, stride=2), GroupNormAct(8, num_groups=2, act_layer=act),
+        nn.Flatten(), nn.Linear(8 * 7 * 7, 10),
+    ).double()  # fmt: skip
+    assert fast_clipping_unsupported(model) is None
+    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
+    images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
+    labels = torch.arange(batch) % 10
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
+    norms = per_example.norm(dim=1)
+    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
+    got_norms, summed = fast_clipped(model, images, labels, views, clip)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
+                               atol=1e-10)  # fmt: skip

@@ -21,8 +21,8 @@ the K views' positions together (its gradient is the mean over views).
 Layers, one handler each, registered by type (`register_layer`, lookup by MRO): nn.Linear
 (`linear`), nn.Conv2d and timm's Conv2dSame (`conv`, kernels in `conv_kernels`), timm's
 StdConv2d and ScaledStdConv2d with their `*Same` variants (`standardisation`, bound to timm's
-types in `timm_layers`), nn.GroupNorm (`norm`), nn.LayerNorm over any leading (token)
-dimensions (`layer_norm`), NFNets' skip-init gains
+types in `timm_layers`), nn.GroupNorm and timm's GroupNormAct (`norm`), nn.LayerNorm and
+timm's over any leading (token) dimensions (`layer_norm`), NFNets' skip-init gains
 (trainers.models.ScalarGain, `gain`). The trainer uses Opacus for a model with any other
 trainable layer, said in one log line (`fast_clipping_unsupported` gives the reason).
 

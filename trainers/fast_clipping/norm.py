@@ -53,3 +53,26 @@ class GroupNormHandler(LayerHandler):
             yield module.weight, (factors[:, None] * state.weight_sample).sum(0)
         if trains(module.bias):
             yield module.bias, (factors[:, None] * state.bias_sample).sum(0)
+
+
+class GroupNormActHandler(GroupNormHandler):
+    """timm's GroupNormAct (BiT, NFNet-free ResNets): the GroupNorm above, then an activation.
+    The hooks see the gradient at the activation's output; the affine parameters need it at
+    the norm's output, g ⊙ act'(y), recomputed here by autograd through the activation alone
+    (any activation, in place or not). Registered for timm's type in `timm_layers`."""
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        if not isinstance(module.drop, nn.Identity):
+            return f"{type(module).__name__} with a drop layer ({type(module.drop).__name__})"
+        return None
+
+    def prepare(self, activations, backprops, views, output=None) -> GroupNormState:
+        module = self.module
+        weight = None if module.weight is None else module.weight.detach()
+        bias = None if module.bias is None else module.bias.detach()
+        with torch.enable_grad():
+            normed = F.group_norm(activations.detach(), module.num_groups, weight, bias, module.eps)
+            normed.requires_grad_(True)
+            (at_norm,) = torch.autograd.grad(module.act(normed.clone()), normed, backprops)
+        return GroupNormState(activations, at_norm, views)

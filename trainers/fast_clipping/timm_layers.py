@@ -1,11 +1,21 @@
-"""Handlers for timm's conv layers, by type. Imported by the registry on the first lookup of a
-class defined in timm (a model without timm layers never imports timm)."""
+"""Handlers for timm's conv and norm layers, by type. Imported by the registry on the first
+lookup of a class defined in timm (a model without timm layers never imports timm)."""
 
 from __future__ import annotations
 
-from timm.layers import Conv2dSame, ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+from timm.layers import (
+    Conv2dSame,
+    GroupNormAct,
+    LayerNorm,
+    ScaledStdConv2d,
+    ScaledStdConv2dSame,
+    StdConv2d,
+    StdConv2dSame,
+)
 
 from trainers.fast_clipping.conv import SameConvHandler
+from trainers.fast_clipping.layer_norm import LayerNormHandler
+from trainers.fast_clipping.norm import GroupNormActHandler
 from trainers.fast_clipping.registry import register_layer
 from trainers.fast_clipping.standardisation import (
     SameScaledStdConvHandler,
@@ -19,3 +29,5 @@ register_layer(StdConv2d)(StdConvHandler)
 register_layer(StdConv2dSame)(SameStdConvHandler)
 register_layer(ScaledStdConv2d)(ScaledStdConvHandler)
 register_layer(ScaledStdConv2dSame)(SameScaledStdConvHandler)
+register_layer(GroupNormAct)(GroupNormActHandler)
+register_layer(LayerNorm)(LayerNormHandler)  # timm's: nn.LayerNorm's algebra, a fused kernel
