@@ -88,6 +88,26 @@ def fast_clipped(model, images, labels, views, clip):
     return clipper.last_norms, summed
 
 
+def assert_matches_microbatch(model, images, labels, views: int = 1) -> None:
+    """The fast engine's per-example norms and clipped sums of one batch equal the microbatch
+    reference's, with the clip norm where it bites (the median norm, or half the only one);
+    frozen parameters get nothing."""
+    import copy
+
+    import torch
+
+    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
+    norms = per_example.norm(dim=1)
+    clip = float(norms.median()) if len(labels) > 1 else float(norms[0]) / 2
+    got_norms, summed = fast_clipped(model, images, labels, views, clip)
+    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    trains = torch.cat([torch.full((p.numel(),), p.requires_grad) for p in model.parameters()])
+    assert not summed[~trains].any()  # frozen: nothing clipped, nothing summed
+    torch.testing.assert_close(summed[trains], (per_example * factors[:, None]).sum(0),
+                               rtol=1e-5, atol=1e-10)  # fmt: skip
+
+
 def microbatch_gradients(model, images, labels, views: int = 1):
     """The reference for every clipping test: each example's gradient from its own backward
     passes (the mean over its `views` rows i·K … i·K+K−1), flattened over the trainable
@@ -114,6 +134,11 @@ def run(*args, timeout=300):
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def run_in(cwd, args, timeout=300) -> subprocess.CompletedProcess:
+    """`args` (a full command line) run in `cwd`, as a user in that folder would."""
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def assert_one_sentence_error(result, fragment):

@@ -16,7 +16,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import CHEAP_1, CHEAP_2, COSTLY, ROOT, TINY, make_experiment, needs_fashion_mnist
+from tests.helpers import (
+    CHEAP_1,
+    CHEAP_2,
+    COSTLY,
+    ROOT,
+    TINY,
+    make_experiment,
+    needs_fashion_mnist,
+    run_in,
+)
 from tests.helpers import search as run_search
 from tests.test_user_paths_doc import (
     normalised,
@@ -38,10 +47,6 @@ def argv(command: str) -> list[str]:
     if words[1].endswith(".py"):
         words[1] = str(ROOT / words[1])
     return [sys.executable, *words[1:]]
-
-
-def run_in(cwd, args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def last_json(result: subprocess.CompletedProcess) -> dict:

@@ -4,14 +4,12 @@ command (issue 17, items 6 and 8). The searches themselves are in tests/search/.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from search.arguments import build_parser
-from tests.helpers import ROOT, TINY, needs_fashion_mnist, run, search
+from tests.helpers import ROOT, TINY, needs_fashion_mnist, run, run_in, search
 from trainers import TrainerError, parse_overrides
 
 LIGHT_CHECK = """
@@ -65,7 +63,7 @@ def test_a_python_without_the_project_is_told_to_use_the_venv():
 
 
 def test_a_mistyped_space_writes_nothing(tmp_path):
-    result = run_in(tmp_path, sys.executable, str(ROOT / "search/run.py"), "--space", "nope")
+    result = run_in(tmp_path, [sys.executable, str(ROOT / "search/run.py"), "--space", "nope"])
     assert result.returncode == 2
     assert list(tmp_path.iterdir()) == []  # no runs/
 
@@ -83,10 +81,6 @@ def test_a_refused_search_does_not_create_its_storage_path(tmp_path):
         result = search(*argv, "--storage-path", str(storage))
         assert result.returncode == 2 and "error: " in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "shared").exists(), argv
-
-
-def run_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_the_progress_line_says_what_a_user_needs_and_keeps_k_secret():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import fast_clipped, microbatch_gradients, tiny
+from tests.helpers import assert_matches_microbatch, fast_clipped, microbatch_gradients, tiny
 from trainers import TrainerError, make_config, train
 from trainers.fast_clipping import (
     FastClipper,
@@ -44,15 +44,7 @@ def test_norms_and_clipped_sum_match_microbatch_reference(name, channels, size, 
     # Inputs at very different scales: gradient norms far below and far above the clip norm.
     scales = torch.logspace(-3, 1.5, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
     images = torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
-    labels = torch.arange(batch) % 10
-    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
-    norms = per_example.norm(dim=1)
-    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
-    got_norms, summed = fast_clipped(model, images, labels, views, clip)
-    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
-    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
-    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
-                               atol=1e-10)  # fmt: skip
+    assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
 
 
 CONVS = [  # (in, out, kernel, stride, padding, dilation, groups): every shape rule a kernel has
@@ -272,17 +264,7 @@ def test_layer_norm_over_tokens_matches_the_microbatch_reference(batch, views):
     assert fast_clipping_unsupported(model) is None
     scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
     images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
-    labels = torch.arange(batch) % 10
-    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
-    norms = per_example.norm(dim=1)
-    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
-    got_norms, summed = fast_clipped(model, images, labels, views, clip)
-    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
-    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
-    trains = torch.cat([torch.full((p.numel(),), p.requires_grad) for p in model.parameters()])
-    assert not summed[~trains].any()  # the frozen LayerNorm: nothing clipped, nothing summed
-    torch.testing.assert_close(summed[trains], (per_example * factors[:, None]).sum(0),
-                               rtol=1e-5, atol=1e-10)  # fmt: skip
+    assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
 
 
 @pytest.mark.parametrize("act", ["relu", "silu"])
@@ -299,12 +281,4 @@ def test_timm_group_norm_act_matches_the_microbatch_reference(act, batch, views)
     assert fast_clipping_unsupported(model) is None
     scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
     images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
-    labels = torch.arange(batch) % 10
-    per_example = microbatch_gradients(copy.deepcopy(model), images, labels, views)
-    norms = per_example.norm(dim=1)
-    clip = float(norms.median()) if batch > 1 else float(norms[0]) / 2
-    got_norms, summed = fast_clipped(model, images, labels, views, clip)
-    torch.testing.assert_close(got_norms, norms, rtol=1e-5, atol=1e-12)
-    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
-    torch.testing.assert_close(summed, (per_example * factors[:, None]).sum(0), rtol=1e-5,
-                               atol=1e-10)  # fmt: skip
+    assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
