@@ -135,7 +135,7 @@ SEARCH_CASES = {
         [
             *TINY,
             "--set",
-            "model=test_vit",
+            "model=test_convnext",
             "--set",
             "synthetic_channels=3",
             "--set",
@@ -303,7 +303,7 @@ TRAINER_CASES = {
         "does not exist",
     ),  # fmt: skip
     "layers the engine cannot clip": (
-        ["--space", "vit_cifar100", "--smoke", "--set", "clipping=fast"],
+        ["--space", "vit_cifar100", "--smoke", "--set", "model=test_convnext", "clipping=fast"],
         "fast clipping does not support",
     ),
     "device without a GPU": ([*SMOKE, "--set", "device=cuda"], "no CUDA GPU is visible"),

@@ -157,8 +157,8 @@ def cached_features(
     """The features of every split (computed once, then loaded), or None when the model's
     output is not its head applied to the head's input (the cache would change the model)."""
     head = head_module(model)
-    if not _head_is_output(model, head, splits, prepare):
-        log.info("feature cache: %s's head is not its last operation; training end to end",
+    if not isinstance(head, nn.Linear) or not _head_is_output(model, head, splits, prepare):
+        log.info("feature cache: %s's head is not a Linear layer applied last; training end to end",
                  config.model)  # fmt: skip
         return None
     path = cache_path(config, cache_key(config))

@@ -31,14 +31,15 @@ __all__ = ["TRAINABLE_LAYERS", "blocks", "head_module", "select_trainable", "set
 _NORMS = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 
 
-def head_module(model: nn.Module) -> nn.Linear:
-    """The final classifier layer: timm's `get_classifier()`, else the last `nn.Linear`."""
+def head_module(model: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The final classifier layer: timm's `get_classifier()` (a Linear, or the 1×1 Conv2d of
+    BiT's ResNetV2), else the last `nn.Linear`."""
     getter = getattr(model, "get_classifier", None)
     if callable(getter):
         head = getter()
-        if isinstance(head, nn.Linear):
+        if isinstance(head, (nn.Linear, nn.Conv2d)):
             return head
-        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        linears = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
         if linears:
             return linears[-1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -166,7 +166,11 @@ def test_unsupported_layers_fall_back_to_opacus_with_a_log_line(caplog):
 @pytest.mark.parametrize(
     "extra",
     [{}, {"augmult": 2}, {"trainable_layers": "bias_and_head"},
-     {"model": "wrn_10_1", "synthetic_channels": 3, "synthetic_image_size": 32}],
+     {"model": "wrn_10_1", "synthetic_channels": 3, "synthetic_image_size": 32},
+     # One physical batch: the engines split a logical batch into physical ones differently,
+     # and the augmentation draws follow the split.
+     {"model": "test_vit", "synthetic_channels": 3, "synthetic_image_size": 32, "augmult": 2,
+      "max_physical_batch_size": 256}],
 )  # fmt: skip
 def test_trainer_engines_train_the_same_model(extra):
     # Same Poisson batches, same noise draws: the engines differ only in float rounding.

@@ -21,10 +21,14 @@ the K views' positions together (its gradient is the mean over views).
 Layers, one handler each, registered by type (`register_layer`, lookup by MRO): nn.Linear
 (`linear`), nn.Conv2d and timm's Conv2dSame (`conv`, kernels in `conv_kernels`), timm's
 StdConv2d and ScaledStdConv2d with their `*Same` variants (`standardisation`, bound to timm's
-types in `timm_layers`), nn.GroupNorm and timm's GroupNormAct (`norm`), nn.LayerNorm and
-timm's over any leading (token) dimensions (`layer_norm`), NFNets' skip-init gains
-(trainers.models.ScalarGain, `gain`). The trainer uses Opacus for a model with any other
-trainable layer, said in one log line (`fast_clipping_unsupported` gives the reason).
+types in `timm_layers`), nn.GroupNorm and timm's GroupNormAct (`norm`), nn.LayerNorm,
+nn.RMSNorm and timm's LayerNorm, LayerNorm2d, RmsNorm, LayerScale and LayerScale2d over any
+leading (token) dimensions (`layer_norm`), timm's VisionTransformer's class and register tokens
+and position embedding (`vit_tokens`), NFNets' skip-init gains (trainers.models.ScalarGain,
+`gain`). Linear layers on tokens (attention, MLP) use Bu et al.'s rule per layer: the ghost
+norm where 2T² < p·d (every layer of ViT-B/16 at 224 px), else the per-example gradient.
+The trainer uses Opacus for a model with any other trainable layer, said in one log line
+(`fast_clipping_unsupported` gives the reason).
 
 Public surface: `FastClipper`, `forward_with_input_grad` and `noise_and_average` (the engine,
 `engine`), `make_private` (a context-managed DP-SGD step on your own model and optimizer,

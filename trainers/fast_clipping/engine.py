@@ -98,7 +98,11 @@ class FastClipper:
         self._captures = []
         for module in trainable_layers(model):
             capture = _Capture(handler_for(module)(module))
-            capture.handle = module.register_forward_hook(partial(self._forward, capture))
+            site, where = capture.handler.capture_site()
+            if where == "output":
+                capture.handle = site.register_forward_hook(partial(self._forward, capture))
+            else:
+                capture.handle = site.register_forward_pre_hook(partial(self._input, capture))
             self._captures.append(capture)
         self.sums: dict[int, torch.Tensor] = {}
         self.last_norms: torch.Tensor | None = None
@@ -111,8 +115,25 @@ class FastClipper:
         """The model's captured forward pass (`forward_with_input_grad`)."""
         return forward_with_input_grad(self.model, inputs)
 
+    @staticmethod
+    def _captures_now(module: nn.Module) -> bool:
+        return torch.is_grad_enabled() and module.training and id(module) in _CAPTURING.get()
+
+    def _input(self, capture: _Capture, module, inputs):
+        """A pre-hook: the module's input, and (by a tensor hook) the gradient at it."""
+        if not self._captures_now(module):
+            return None
+        x = inputs[0]
+        capture.activations = x.detach()
+        if not x.requires_grad:  # nothing before it trains: the backward pass starts here
+            x = x.detach().requires_grad_(True)
+            x.register_hook(partial(self._backward, capture))
+            return (x, *inputs[1:])
+        x.register_hook(partial(self._backward, capture))
+        return None
+
     def _forward(self, capture: _Capture, module, inputs, output):
-        if not (torch.is_grad_enabled() and module.training and id(module) in _CAPTURING.get()):
+        if not self._captures_now(module):
             return None
         capture.activations = inputs[0].detach()
         if capture.handler.needs_output:

@@ -1,7 +1,14 @@
-"""nn.LayerNorm's elementwise affine: y = γ ⊙ x̂ + β over the normalised trailing dimensions,
-x̂ each position's own normalisation (of each view on its own), so an example's gradients are
-Σ g ⊙ x̂ and Σ g over its positions (the leading dimensions: a transformer's tokens), averaged
-over its views. Materialising them costs B × |γ|, as small as the layer."""
+"""Elementwise affine maps over the trailing dimensions: y = γ ⊙ n(x) + β at each position,
+n(x) computed from that position alone (of each view on its own). An example's gradients are
+Σ g ⊙ n(x) and Σ g over its positions (the leading dimensions: a transformer's tokens),
+averaged over its views. Materialising them costs B × |γ|, as small as the layer.
+
+- nn.LayerNorm and timm's LayerNorm: n(x) = x̂, the normalised position; timm's LayerNorm2d
+  the same over NCHW channels;
+- nn.RMSNorm and timm's RmsNorm: n(x) = x / rms(x), no β;
+- timm's LayerScale (ViT blocks with `init_values`): n(x) = x, no β; LayerScale2d the same
+  over NCHW channels.
+"""
 
 from __future__ import annotations
 
@@ -17,37 +24,107 @@ from trainers.fast_clipping.registry import LayerHandler, register_layer
 
 
 @dataclass
-class LayerNormState:
+class AffineState:
     weight_sample: torch.Tensor | None = None
     bias_sample: torch.Tensor | None = None
 
 
-@register_layer(nn.LayerNorm)
-class LayerNormHandler(LayerHandler):
-    def prepare(self, activations, backprops, views, output=None) -> LayerNormState:
-        module = self.module
-        shape = tuple(module.normalized_shape)
-        normalised = F.layer_norm(activations, shape, None, None, module.eps)
+class TrailingAffineHandler(LayerHandler):
+    """y = γ ⊙ n(x) + β over the trailing `shape()`; subclasses say what n is and where γ and β
+    live."""
+
+    scale_name = "weight"
+    shift_name: str | None = "bias"
+
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.module.normalized_shape)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input or output gradient with its affine dimensions last."""
+        return x
+
+    def affine_parameters(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        shift = getattr(self.module, self.shift_name, None) if self.shift_name else None
+        return getattr(self.module, self.scale_name, None), shift
+
+    def prepare(self, activations, backprops, views, output=None) -> AffineState:
+        shape = self.shape()
         rows = activations.shape[0]
 
         def per_example(x: torch.Tensor) -> torch.Tensor:
             # (B·K, positions…, *shape) → (B, *shape): sum over positions, mean over views.
-            summed = x.reshape(rows, -1, *shape).sum(1)
+            summed = self.channels_last(x).reshape(rows, -1, *shape).sum(1)
             return summed.reshape(rows // views, views, *shape).mean(1)
 
-        state = LayerNormState()
-        if trains(module.weight):
-            state.weight_sample = per_example(backprops * normalised)
-        if trains(module.bias):
+        scale, shift = self.affine_parameters()
+        state = AffineState()
+        if trains(scale):
+            state.weight_sample = per_example(backprops * self.normalise(activations))
+        if trains(shift):
             state.bias_sample = per_example(backprops)
         return state
 
-    def squared_norms(self, state: LayerNormState) -> torch.Tensor:
+    def squared_norms(self, state: AffineState) -> torch.Tensor:
         samples = [s for s in (state.weight_sample, state.bias_sample) if s is not None]
         return sum(s.flatten(1).pow(2).sum(1) for s in samples)
 
-    def clipped_sums(self, state: LayerNormState, factors: torch.Tensor) -> Iterator:
-        for param, sample in ((self.module.weight, state.weight_sample),
-                              (self.module.bias, state.bias_sample)):  # fmt: skip
+    def clipped_sums(self, state: AffineState, factors: torch.Tensor) -> Iterator:
+        scale, shift = self.affine_parameters()
+        for param, sample in ((scale, state.weight_sample), (shift, state.bias_sample)):
             if sample is not None:
                 yield param, torch.einsum("n,n...->...", factors.to(sample), sample)
+
+
+@register_layer(nn.LayerNorm)
+class LayerNormHandler(TrailingAffineHandler):
+    def normalise(self, x):
+        return F.layer_norm(x, self.shape(), None, None, self.module.eps)
+
+
+class LayerNorm2dHandler(LayerNormHandler):
+    """timm's LayerNorm2d (ConvNeXt): LayerNorm over the channels of NCHW images."""
+
+    def channels_last(self, x):
+        return x.movedim(1, -1)
+
+    def normalise(self, x):
+        return super().normalise(x.movedim(1, -1)).movedim(-1, 1)
+
+
+@register_layer(nn.RMSNorm)
+class RMSNormHandler(TrailingAffineHandler):
+    """nn.RMSNorm, and timm's RmsNorm (registered in `timm_layers`): the same algebra."""
+
+    shift_name = None
+
+    def normalise(self, x):
+        return F.rms_norm(x, self.shape(), None, self.module.eps)
+
+
+class LayerScaleHandler(TrailingAffineHandler):
+    """timm's LayerScale: y = x ⊙ γ over the last dimension (registered in `timm_layers`)."""
+
+    scale_name = "gamma"
+    shift_name = None
+
+    @classmethod
+    def unsupported(cls, module: nn.Module) -> str | None:
+        if module.inplace:  # its input, which the hooks keep, is overwritten by its output
+            return f"{type(module).__name__} with inplace=True"
+        return None
+
+    def shape(self):
+        return tuple(self.module.gamma.shape)
+
+    def normalise(self, x):
+        return x
+
+
+class LayerScale2dHandler(LayerScaleHandler):
+    """timm's LayerScale2d: y = x ⊙ γ per channel of NCHW images."""
+
+    def channels_last(self, x):
+        return x.movedim(1, -1)

@@ -39,7 +39,8 @@ class LayerHandler:
     - `prepare(activations, backprops, views, output)`: the per-batch state, from the layer's
       input `activations` (its first positional input, B·K rows), the gradient `backprops` of
       the summed per-example losses with respect to its output, and (if `needs_output`) the
-      output itself; an example's gradient is the mean over its K views' rows;
+      output itself; an example's gradient is the mean over its K views' rows (`capture_site`
+      may move where these are taken);
     - `squared_norms(state)`: (B,) each example's squared gradient norm over the layer's
       trainable parameters;
     - `clipped_sums(state, factors)`: pairs (parameter, Σ_i factors_i ∇_i parameter) for each
@@ -56,6 +57,13 @@ class LayerHandler:
     def unsupported(cls, module: nn.Module) -> str | None:
         """Why this handler cannot clip this instance of its type (None: it can)."""
         return None
+
+    def capture_site(self) -> tuple[nn.Module, str]:
+        """Which pass the engine captures for `prepare`: (module, "output"), the default, is
+        this layer's input and the gradient at its output; (module, "input") is `module`'s input
+        and the gradient at that input, for parameters that enter the network inside a larger
+        forward (ViT's position embedding, added before its `pos_drop`)."""
+        return self.module, "output"
 
     def prepare(
         self,
