@@ -286,3 +286,27 @@ def test_timm_group_norm_act_matches_the_microbatch_reference(act, batch, views)
     scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
     images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
     assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
+
+
+class TinyTextModel(nn.Module):
+    """Token embeddings (one index for padding), tokens averaged, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 6, padding_idx=0)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.embed(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("batch, views", [(1, 1), (5, 1), (3, 2)])
+def test_embedding_matches_the_microbatch_reference(batch, views):
+    # Repeated tokens within an example (and across its views), and padding tokens.
+    torch.manual_seed(0)
+    model = TinyTextModel().double()
+    assert fast_clipping_unsupported(model) is None
+    tokens = torch.randint(0, 12, (batch * views, 9))
+    tokens[:, -2:] = 0
+    assert_matches_microbatch(model, tokens, torch.arange(batch) % 10, views)
+    assert fast_clipping_unsupported(nn.Embedding(4, 2, max_norm=1.0)) == "Embedding with max_norm"

@@ -24,9 +24,10 @@ StdConv2d and ScaledStdConv2d with their `*Same` variants (`standardisation`, bo
 types in `timm_layers`), nn.GroupNorm and timm's GroupNormAct (`norm`), nn.LayerNorm,
 nn.RMSNorm and timm's LayerNorm, LayerNorm2d, RmsNorm, LayerScale and LayerScale2d over any
 leading (token) dimensions (`layer_norm`), timm's VisionTransformer's class and register tokens
-and position embedding (`vit_tokens`), NFNets' skip-init gains (trainers.models.ScalarGain,
-`gain`). Linear layers on tokens (attention, MLP) use Bu et al.'s rule per layer: the ghost
-norm where 2T² < p·d (every layer of ViT-B/16 at 224 px), else the per-example gradient.
+and position embedding (`vit_tokens`), nn.Embedding (`embedding`), NFNets' skip-init gains
+(trainers.models.ScalarGain, `gain`). Linear layers on tokens (attention, MLP) use Bu et
+al.'s rule per layer: the ghost norm where 2T² < p·d (every layer of ViT-B/16 at 224 px), else
+the per-example gradient.
 The trainer uses Opacus for a model with any other trainable layer, said in one log line
 (`fast_clipping_unsupported` gives the reason).
 
@@ -35,7 +36,7 @@ Public surface: `FastClipper`, `forward_with_input_grad` and `noise_and_average`
 `private`), `register_layer` and `LayerHandler` (new layer types), `fast_clipping_unsupported`.
 """
 
-from trainers.fast_clipping import conv, gain, layer_norm, linear, norm  # noqa: F401 - registers handlers
+from trainers.fast_clipping import conv, embedding, gain, layer_norm, linear, norm  # noqa: F401
 from trainers.fast_clipping.engine import FastClipper, forward_with_input_grad, noise_and_average
 from trainers.fast_clipping.private import PrivateTraining, make_private
 from trainers.fast_clipping.registry import (
