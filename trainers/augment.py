@@ -30,9 +30,11 @@ def augment_views(
     repeated = images.repeat_interleave(views, dim=0)
     total = n * views
     padded = F.pad(repeated.float(), (padding,) * 4, mode="reflect")
-    top = torch.randint(0, 2 * padding + 1, (total,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (total,), generator=generator)
-    flip = torch.rand(total, generator=generator) < 0.5
+    # One draw of (top, left, flip) per view, view after view from one stream: a logical
+    # batch's views do not depend on how it is split into physical batches (a memory setting).
+    draws = torch.randint(0, 2 * (2 * padding + 1) ** 2, (total,), generator=generator)
+    top, left = draws // 2 % (2 * padding + 1), draws // 2 // (2 * padding + 1)
+    flip = draws % 2 == 1
     rows = (top.view(-1, 1) + torch.arange(height).view(1, -1)).to(images.device)
     cols = (left.view(-1, 1) + torch.arange(width).view(1, -1)).to(images.device)
     cols = torch.where(flip.to(images.device).view(-1, 1), cols.flip(1), cols)

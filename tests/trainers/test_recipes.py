@@ -41,6 +41,21 @@ def test_views_are_crops_of_the_padded_image_possibly_flipped():
     assert torch.equal(views, again)  # the generator alone decides the views
 
 
+def test_views_do_not_depend_on_how_a_batch_is_split_and_cover_every_crop_and_flip():
+    images = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8).repeat(54, 1, 1, 1)
+    whole = augment_views(images, 2, torch.Generator().manual_seed(5), padding=2)
+    generator = torch.Generator().manual_seed(5)
+    split = torch.cat([augment_views(images[:32], 2, generator, padding=2),
+                       augment_views(images[32:], 2, generator, padding=2)])  # fmt: skip
+    assert torch.equal(whole, split)  # max_physical_batch_size is a memory setting only
+    padded = F.pad(images[:1].float(), (2,) * 4, mode="reflect")[0]
+    crops = [padded[:, t : t + 8, s : s + 8] for t in range(5) for s in range(5)]
+    crops += [c.flip(-1) for c in crops]
+    many = augment_views(images[:1], 2000, torch.Generator().manual_seed(0), padding=2).float()
+    seen = {next(i for i, c in enumerate(crops) if torch.equal(c, view)) for view in many}
+    assert seen == set(range(50))  # all 25 offsets, each flipped and not
+
+
 @pytest.mark.parametrize("model_name, channels", [("tramer_boneh_cnn", 1), ("wrn_10_1", 3)])
 def test_augmult_averages_view_gradients_before_clipping(model_name, channels):
     # Reference: per example, the mean over its K views of each view's own gradient, clipped
