@@ -18,6 +18,7 @@ from trainers.fast_clipping import (
     FastClipper,
     LayerHandler,
     fast_clipping_unsupported,
+    forward_with_input_grad,
     make_private,
     register_layer,
 )
@@ -209,3 +210,30 @@ def test_make_private_adds_the_noise_its_generator_draws():
         odd = nn.Sequential(nn.Flatten(), nn.PReLU())
         with make_private(odd, optimizer, noise_multiplier=1.0, max_grad_norm=1.0):
             pass
+
+
+class SharedLinear(nn.Module):
+    """One Linear used twice in a forward pass: each example's gradient is the sum over both
+    uses, which the engine's one-input-one-gradient handlers cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+
+def test_a_layer_used_twice_before_a_backward_is_refused_not_clipped_wrongly():
+    model = SharedLinear().double()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="ran twice before a backward pass"):
+        fast_clipped(model, x, torch.arange(4), 1, clip=1.0)
+    # Two forward passes of an unshared model before one backward: refused the same way.
+    model = nn.Sequential(nn.Linear(6, 10)).double()
+    clipper = FastClipper(model, 1.0)
+    forward_with_input_grad(model, x)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        forward_with_input_grad(model, x)
+    clipper.close()

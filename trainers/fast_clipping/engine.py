@@ -119,10 +119,23 @@ class FastClipper:
     def _captures_now(module: nn.Module) -> bool:
         return torch.is_grad_enabled() and module.training and id(module) in _CAPTURING.get()
 
+    @staticmethod
+    def _first_use(capture: _Capture) -> None:
+        """A layer run twice before a backward (a shared layer, or two forward passes) has
+        the sum of both uses as each example's gradient, which a handler, seeing one input and
+        one output gradient, would get wrong: refused, never clipped wrongly."""
+        if capture.activations is not None:
+            raise RuntimeError(
+                f"fast clipping: {type(capture.handler.module).__name__} ran twice before a "
+                "backward pass (a shared layer, or a second forward); run one forward per "
+                "backward, or use Opacus's per-example gradients (clipping=opacus)"
+            )
+
     def _input(self, capture: _Capture, module, inputs):
         """A pre-hook: the module's input, and (by a tensor hook) the gradient at it."""
         if not self._captures_now(module):
             return None
+        self._first_use(capture)
         x = inputs[0]
         capture.activations = x.detach()
         if not x.requires_grad:  # nothing before it trains: the backward pass starts here
@@ -135,6 +148,7 @@ class FastClipper:
     def _forward(self, capture: _Capture, module, inputs, output):
         if not self._captures_now(module):
             return None
+        self._first_use(capture)
         capture.activations = inputs[0].detach()
         if capture.handler.needs_output:
             capture.output = output.detach()
