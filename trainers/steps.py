@@ -200,7 +200,7 @@ class FastStep(StepState):
         self.physical = config.max_physical_batch_size
         self.clipper = FastClipper(model, config.max_grad_norm)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.noise_buffers: dict[int, torch.Tensor] = {}
+        self.noise_buffers: dict = {}
         self._last_chunk = False
 
     GENERATORS = ("sampling_generator", "noise_generator")

@@ -92,6 +92,13 @@ class ProductHandler(LayerHandler):
             return total
         return total + self.weight_norms(state)
 
+    def compact(self, state: ProductState) -> None:
+        # The clipped sums need the per-example gradients where they were materialised, else
+        # the layer's raw input and output gradient (for its own weight-gradient kernel).
+        state.a = state.g = state.output = None
+        if state.per_example is not None:
+            state.raw = None
+
     def weight_norms(self, state: ProductState) -> torch.Tensor:
         """Each example's squared weight-gradient norm."""
         if state.per_example is not None:  # a fused norm: one pass, no squared copy

@@ -58,7 +58,7 @@ class PrivateTraining:
         self.expected_batch_size, self.generator = expected_batch_size, generator
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._clipper = FastClipper(model, max_grad_norm)
-        self._noise: dict[int, torch.Tensor] = {}
+        self._noise: dict = {}
         self._examples = 0
 
     @property

@@ -42,7 +42,7 @@ class LayerHandler:
       output itself; an example's gradient is the mean over its K views' rows (`capture_site`
       may move where these are taken);
     - `squared_norms(state)`: (B,) each example's squared gradient norm over the layer's
-      trainable parameters;
+      trainable parameters; then `compact(state)` may free what only the norms needed;
     - `clipped_sums(state, factors)`: pairs (parameter, Σ_i factors_i ∇_i parameter) for each
       trainable parameter, `factors` (B,) the clip factors.
     """
@@ -76,6 +76,10 @@ class LayerHandler:
 
     def squared_norms(self, state: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def compact(self, state: Any) -> None:
+        """After `squared_norms`: drop from `state` what `clipped_sums` does not need (the
+        engine keeps every layer's state until the clip factors are known)."""
 
     def clipped_sums(
         self, state: Any, factors: torch.Tensor
