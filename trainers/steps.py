@@ -24,6 +24,7 @@ from trainers.config import TrainConfig, TrainerError
 from trainers.evaluation import task_loss
 from trainers.fast_clipping import (
     FastClipper,
+    SharedLayerError,
     fast_clipping_unsupported,
     forward_with_input_grad,
     noise_and_average,
@@ -217,7 +218,10 @@ class FastStep(StepState):
         views = max(augmult, 1)
         loss_sum = 0.0
         if len(labels):
-            output = forward_with_input_grad(self.model, images)
+            try:
+                output = forward_with_input_grad(self.model, images)
+            except SharedLayerError as error:
+                raise TrainerError(f"{error}.") from None
             losses = task_loss(output, labels.repeat_interleave(views, dim=0), reduction="none")
             self.clipper.backward(losses, views)
             loss_sum = losses.detach().sum().item() / views

@@ -237,3 +237,18 @@ def test_a_layer_used_twice_before_a_backward_is_refused_not_clipped_wrongly():
     with pytest.raises(RuntimeError, match="ran twice"):
         forward_with_input_grad(model, x)
     clipper.close()
+
+
+def test_a_trial_of_a_shared_layer_model_stops_with_one_sentence(monkeypatch):
+    from tests.helpers import tiny
+    from trainers import TrainerError, make_config, train
+    from trainers import models as trainer_models
+
+    def shared_linear_net(in_channels, num_classes, image_size):
+        flat = in_channels * image_size * image_size
+        return nn.Sequential(nn.Flatten(), nn.Linear(flat, 6), SharedLinear())
+
+    monkeypatch.setitem(trainer_models._MODELS, "shared_linear_net", shared_linear_net)
+    with pytest.raises(TrainerError, match="ran twice before a backward pass.*clipping=opacus"):
+        train(make_config(tiny(model="shared_linear_net")))
+    assert train(make_config(tiny(model="shared_linear_net", clipping="opacus")))["epsilon"] > 0

@@ -37,7 +37,12 @@ Public surface: `FastClipper`, `forward_with_input_grad` and `noise_and_average`
 """
 
 from trainers.fast_clipping import conv, embedding, gain, layer_norm, linear, norm  # noqa: F401
-from trainers.fast_clipping.engine import FastClipper, forward_with_input_grad, noise_and_average
+from trainers.fast_clipping.engine import (
+    FastClipper,
+    SharedLayerError,
+    forward_with_input_grad,
+    noise_and_average,
+)
 from trainers.fast_clipping.private import PrivateTraining, make_private
 from trainers.fast_clipping.registry import (
     LayerHandler,
@@ -49,6 +54,7 @@ __all__ = [
     "FastClipper",
     "LayerHandler",
     "PrivateTraining",
+    "SharedLayerError",
     "fast_clipping_unsupported",
     "forward_with_input_grad",
     "make_private",

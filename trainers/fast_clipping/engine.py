@@ -52,6 +52,10 @@ def forward_with_input_grad(model: nn.Module, images: torch.Tensor) -> torch.Ten
         return model(images.detach())
 
 
+class SharedLayerError(RuntimeError):
+    """A trainable layer ran twice before a backward pass (see `FastClipper._first_use`)."""
+
+
 class _Capture:
     """One hooked layer: its handler and what this physical batch's passes left for it."""
 
@@ -125,7 +129,7 @@ class FastClipper:
         the sum of both uses as each example's gradient, which a handler, seeing one input and
         one output gradient, would get wrong: refused, never clipped wrongly."""
         if capture.activations is not None:
-            raise RuntimeError(
+            raise SharedLayerError(
                 f"fast clipping: {type(capture.handler.module).__name__} ran twice before a "
                 "backward pass (a shared layer, or a second forward); run one forward per "
                 "backward, or use Opacus's per-example gradients (clipping=opacus)"
