@@ -17,10 +17,11 @@
 #
 # The GPU machine has no internet: bring wheels of what it lacks (ray, opacus, optuna,
 # dp-accounting and their dependencies), made on a machine with internet from this project's
-# tested environment, for the GPU machine's Python version (here 3.11), and point WHEELS there:
+# tested environment, for the GPU machine's Python version (`python3 -V` there: 3.12 on this
+# workplace's H200 machines, 3.11 here), and point WHEELS there:
 #   .venv/bin/pip freeze --all --exclude-editable \
 #       | grep -viE '^(pip|torch|torchvision|triton|timm|numpy|pandas|nvidia-|cuda-)' > reqs.txt
-#   pip download -d wheels --no-deps --only-binary=:all: --python-version 3.11 \
+#   pip download -d wheels --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -r reqs.txt
 #   WHEELS=wheels OUT=out benchmarks/gpu_check.sh
 # (setuptools is in the list: pip builds the project with it. Without WHEELS, pip uses PyPI.)

@@ -84,3 +84,17 @@ def test_gpu_check_dry_run_writes_both_parts_to_one_json(tmp_path):
     # The logs stay beside the JSON; the work folder (checkpoints) does not stay.
     assert (out.parent / "gpu_check_logs" / "search.log").exists()
     assert "work folder kept" not in result.stdout
+
+
+def test_fast_clip_phases_times_every_phase(tmp_path):
+    out = tmp_path / "phases.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/fast_clip_phases.py", "--model", "test_vit", "--batch", "2",
+         "--image-size", "32", "--steps", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    seconds = json.loads(out.read_text())["seconds"]
+    assert {"non-private step", "norms", "clipped sums", "noise"} <= set(seconds)
+    assert all(value > 0 for value in seconds.values())
+    assert "DP step, all phases" in result.stdout
