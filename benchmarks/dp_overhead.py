@@ -12,6 +12,7 @@ before the first step.
 
     python benchmarks/dp_overhead.py [--models cnn,nfnet,vit] [--device cpu|cuda] [--json FILE]
         [--steps 5] [--warmup 2] [--opacus-steps N] [--batch nfnet=16] [--mode-timeout S] [--jobs 1]
+        [--skip-opacus]
     python benchmarks/dp_overhead.py --dry-run    # tiny models, 1 step: the machinery, in seconds
 
 JSON: {"benchmark": "dp_overhead", "results": [{"model", "mode", "device", "batch", "image_size",
@@ -320,8 +321,9 @@ def _drive(args) -> int:
                "torch": torch.__version__}  # fmt: skip
     # Opacus's engines are slow on big models: their own step count, one warm-up at most.
     opacus = (args.opacus_steps or args.steps, min(args.warmup, 1))
+    modes = (NONPRIVATE, FAST) if args.skip_opacus else MODES
     runs = [(key, mode, *((args.steps, args.warmup) if mode in (NONPRIVATE, FAST) else opacus))
-            for key in args.models for mode in MODES]  # fmt: skip
+            for key in args.models for mode in modes]  # fmt: skip
     print(f"{'model (batch, input)':32} {'mode':21} {'s/step':>8} {'× time':>8} "
           f"{'peak MiB':>9} {'× peak':>7} {'step MiB':>9} {'× step':>7}")  # fmt: skip
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -367,6 +369,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--mode-timeout", type=float, help="seconds a mode may take (or: error)")
     parser.add_argument("--jobs", type=int, default=1, help="modes at once (times mean: only 1)")
     parser.add_argument("--dry-run", action="store_true", help="tiny models, 1 step: the machinery")
+    parser.add_argument("--skip-opacus", action="store_true",
+                        help="only the non-private and fast steps")  # fmt: skip
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     known = ", ".join(WORKLOADS["cpu"])

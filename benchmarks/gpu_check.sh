@@ -73,7 +73,9 @@ if [[ "$DRY_RUN" == 1 ]]; then
     touch "$WORK/dry_run"
     PY="${PYTHON:-$ROOT/.venv/bin/python}"
     [[ -x "$PY" ]] || PY="$(command -v python3)"
-    DP_ARGS=(--dry-run --device cpu --jobs 2)
+    # Opacus's engines are left out of the dry run (15 fresh processes become 6): it checks
+    # this script's parts, not the benchmark's figures; a real run has them.
+    DP_ARGS=(--dry-run --device cpu --jobs 2 --skip-opacus)
     SEARCH_FLAGS=(--gpus-per-trial 0 --num-cpus 2 --num-samples 2)
     SEARCH_SETTINGS=(device=cpu model=test_nfnet synthetic_examples=256 image_size=32
         batch_size=64 max_physical_batch_size=32 augmult=2)

@@ -88,6 +88,15 @@ def fast_clipped(model, images, labels, views, clip):
     return clipper.last_norms, summed
 
 
+def scaled_images(batch: int, views: int = 1, size: int = 16, channels: int = 3):
+    """Random float64 images, rows at scales from 0.01 to 10: per-example gradient norms far
+    below and far above any clip norm."""
+    import torch
+
+    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
+    return torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
+
+
 def assert_matches_microbatch(model, images, labels, views: int = 1) -> None:
     """The fast engine's per-example norms and clipped sums of one batch equal the microbatch
     reference's, with the clip norm where it bites (the median norm, or half the only one);

@@ -90,13 +90,18 @@ class TestSpaceContract:
 
 @pytest.mark.parametrize("model", HEAVY_MODELS)
 def test_heavy_space_models_take_a_dp_step(model):
+    # On both engines: the fast one clips every trainable layer (clipping=auto picks it), and
+    # Opacus's per-example gradients (clipping=opacus) cover every parameter.
     import torch
     from opacus import GradSampleModule
 
     from trainers.models import build_model
+    from trainers.steps import clipping_engine
 
     config = make_config(tiny(model=model, pretrained=False))
-    net = GradSampleModule(build_model(config, in_channels=3, num_classes=10, image_size=32))
+    built = build_model(config, in_channels=3, num_classes=10, image_size=32)
+    assert clipping_engine(config, built) == "fast"
+    net = GradSampleModule(built)
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
     torch.nn.functional.cross_entropy(net(images), labels).backward()
     trainable = [p for p in net.parameters() if p.requires_grad]

@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.helpers import assert_matches_microbatch, fast_clipped, microbatch_gradients, tiny
+from tests.helpers import (
+    assert_matches_microbatch,
+    fast_clipped,
+    microbatch_gradients,
+    scaled_images,
+    tiny,
+)
 from trainers import TrainerError, make_config, train
 from trainers.fast_clipping import (
     FastClipper,
@@ -266,9 +272,7 @@ def test_layer_norm_over_tokens_matches_the_microbatch_reference(batch, views):
     torch.manual_seed(0)
     model = TinyTransformer().double()
     assert fast_clipping_unsupported(model) is None
-    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
-    images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
-    assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
+    assert_matches_microbatch(model, scaled_images(batch, views), torch.arange(batch) % 10, views)
 
 
 @pytest.mark.parametrize("act", ["relu", "silu"])
@@ -283,9 +287,7 @@ def test_timm_group_norm_act_matches_the_microbatch_reference(act, batch, views)
         nn.Flatten(), nn.Linear(8 * 7 * 7, 10),
     ).double()  # fmt: skip
     assert fast_clipping_unsupported(model) is None
-    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
-    images = torch.randn(batch * views, 3, 16, 16, dtype=torch.float64) * scales
-    assert_matches_microbatch(model, images, torch.arange(batch) % 10, views)
+    assert_matches_microbatch(model, scaled_images(batch, views), torch.arange(batch) % 10, views)
 
 
 class TinyTextModel(nn.Module):

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from spaces import list_spaces
-from tests.helpers import assert_matches_microbatch, tiny
+from tests.helpers import assert_matches_microbatch, scaled_images, tiny
 from trainers import make_config
 from trainers.fast_clipping import fast_clipping_unsupported
 from trainers.fast_clipping.algebra import plain_norms
@@ -44,12 +44,6 @@ def small_vit(**kwargs) -> nn.Module:
     return VisionTransformer(**{**values, **kwargs}).double()
 
 
-def images(batch: int, views: int, size: int = 16, channels: int = 3) -> torch.Tensor:
-    # Very different scales: gradient norms far below and far above the clip norm.
-    scales = torch.logspace(-2, 1, batch * views, dtype=torch.float64).view(-1, 1, 1, 1)
-    return torch.randn(batch * views, channels, size, size, dtype=torch.float64) * scales
-
-
 def randomise(model: nn.Module) -> nn.Module:
     """timm initialises some parameters to zero or one (tokens, LayerScale, heads): random
     values make every per-example gradient term count."""
@@ -65,7 +59,7 @@ def randomise(model: nn.Module) -> nn.Module:
 def test_vision_transformer_matches_the_microbatch_reference(variant, batch, views):
     model = randomise(small_vit(**VITS[variant]))
     assert fast_clipping_unsupported(model) is None
-    assert_matches_microbatch(model, images(batch, views), torch.arange(batch) % 10, views)
+    assert_matches_microbatch(model, scaled_images(batch, views), torch.arange(batch) % 10, views)
 
 
 @pytest.mark.parametrize("batch, views", [(3, 1), (2, 2)])
@@ -73,7 +67,7 @@ def test_dynamic_size_vit_at_another_grid_clips_its_resampled_position_embedding
     # Built for 16 px (a 4×4 grid), fed 24 px (6×6): pos_embed is resampled (bicubic) in the
     # forward, so its per-example gradient is the resampling's adjoint of each example's.
     model = randomise(small_vit(dynamic_img_size=True))
-    x = images(batch, views, size=24)
+    x = scaled_images(batch, views, size=24)
     assert_matches_microbatch(model, x, torch.arange(batch) % 10, views)
 
 
@@ -92,7 +86,7 @@ def test_vision_transformer_with_layer_selection(selection):
             param.requires_grad_(name in {"cls_token", "reg_token", "pos_embed"}
                                  or name.startswith("head"))  # fmt: skip
     assert fast_clipping_unsupported(model) is None
-    assert_matches_microbatch(model, images(3, 2), torch.arange(3) % 10, 2)
+    assert_matches_microbatch(model, scaled_images(3, 2), torch.arange(3) % 10, 2)
 
 
 def small_bit() -> nn.Module:
@@ -106,14 +100,14 @@ def small_bit() -> nn.Module:
 def test_bit_resnetv2_matches_the_microbatch_reference(batch, views):
     model = randomise(small_bit())
     assert fast_clipping_unsupported(model) is None
-    assert_matches_microbatch(model, images(batch, views), torch.arange(batch) % 10, views)
+    assert_matches_microbatch(model, scaled_images(batch, views), torch.arange(batch) % 10, views)
 
 
 @pytest.mark.parametrize("mode", ["last_k_blocks", "norms_and_head"])
 def test_bit_resnetv2_with_layer_selection(mode):
     model = randomise(small_bit())
     select_trainable(model, make_config(tiny(trainable_layers=mode, head_init="default")))
-    assert_matches_microbatch(model, images(3, 2), torch.arange(3) % 10, 2)
+    assert_matches_microbatch(model, scaled_images(3, 2), torch.arange(3) % 10, 2)
 
 
 class ChannelsFirstBlock(nn.Module):
@@ -134,7 +128,7 @@ class ChannelsFirstBlock(nn.Module):
 def test_channels_first_layer_norm_and_layer_scale(batch, views):
     model = randomise(ChannelsFirstBlock().double())
     assert fast_clipping_unsupported(model) is None
-    assert_matches_microbatch(model, images(batch, views), torch.arange(batch) % 10, views)
+    assert_matches_microbatch(model, scaled_images(batch, views), torch.arange(batch) % 10, views)
 
 
 def test_in_place_layer_scale_is_refused():
@@ -159,13 +153,18 @@ def test_token_linear_norms_equal_the_per_example_gradient_either_way(positions,
 
 
 def test_every_space_runs_on_the_fast_engine():
+    # Each space's smoke model, and its own model where the smoke run shrinks it to the same
+    # one; the large models the smoke runs stand in for (ViT-B/16, NFNet-F0, ResNet-50) are
+    # checked by tests/spaces/test_spaces.py::test_heavy_space_models_take_a_dp_step.
     from trainers.smoke import smoke_config
     from trainers.steps import clipping_engine
 
     for space in list_spaces():
-        for values in (space.default_config(), smoke_config(space)):
-            values = {**values, "pretrained": False, "pretrained_file": None}
-            config = make_config(values)
+        configs = [smoke_config(space)]
+        if "model" not in space.smoke:
+            configs.append(space.default_config())
+        for values in configs:
+            config = make_config({**values, "pretrained": False, "pretrained_file": None})
             model = build_model(config, in_channels=3, num_classes=10,
                                 image_size=int(values.get("image_size") or 32))  # fmt: skip
             assert clipping_engine(config, model) == "fast", (space.name, config.model)
