@@ -12,24 +12,15 @@ averaged over its views. Materialising them costs B × |γ|, as small as the lay
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainers.fast_clipping.algebra import trains
-from trainers.fast_clipping.registry import LayerHandler, register_layer
+from trainers.fast_clipping.registry import MaterialisedHandler, register_layer
 
 
-@dataclass
-class AffineState:
-    weight_sample: torch.Tensor | None = None
-    bias_sample: torch.Tensor | None = None
-
-
-class TrailingAffineHandler(LayerHandler):
+class TrailingAffineHandler(MaterialisedHandler):
     """y = γ ⊙ n(x) + β over the trailing `shape()`; subclasses say what n is and where γ and β
     live."""
 
@@ -50,7 +41,7 @@ class TrailingAffineHandler(LayerHandler):
         shift = getattr(self.module, self.shift_name, None) if self.shift_name else None
         return getattr(self.module, self.scale_name, None), shift
 
-    def prepare(self, activations, backprops, views, output=None) -> AffineState:
+    def prepare(self, activations, backprops, views, output=None) -> list[torch.Tensor]:
         shape = self.shape()
         rows = activations.shape[0]
 
@@ -60,22 +51,12 @@ class TrailingAffineHandler(LayerHandler):
             return summed.reshape(rows // views, views, *shape).mean(1)
 
         scale, shift = self.affine_parameters()
-        state = AffineState()
+        samples = {}
         if trains(scale):
-            state.weight_sample = per_example(backprops * self.normalise(activations))
+            samples[id(scale)] = per_example(backprops * self.normalise(activations))
         if trains(shift):
-            state.bias_sample = per_example(backprops)
-        return state
-
-    def squared_norms(self, state: AffineState) -> torch.Tensor:
-        samples = [s for s in (state.weight_sample, state.bias_sample) if s is not None]
-        return sum(s.flatten(1).pow(2).sum(1) for s in samples)
-
-    def clipped_sums(self, state: AffineState, factors: torch.Tensor) -> Iterator:
-        scale, shift = self.affine_parameters()
-        for param, sample in ((scale, state.weight_sample), (shift, state.bias_sample)):
-            if sample is not None:
-                yield param, torch.einsum("n,n...->...", factors.to(sample), sample)
+            samples[id(shift)] = per_example(backprops)
+        return self.in_order(samples)
 
 
 @register_layer(nn.LayerNorm)

@@ -4,55 +4,27 @@ averaged over its views."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.fast_clipping.algebra import trains
-from trainers.fast_clipping.registry import LayerHandler, register_layer
-
-
-@dataclass
-class GroupNormState:
-    a: torch.Tensor
-    g: torch.Tensor
-    views: int
-    weight_sample: torch.Tensor | None = None
-    bias_sample: torch.Tensor | None = None
+from trainers.fast_clipping.algebra import mean_views, trains
+from trainers.fast_clipping.registry import MaterialisedHandler, register_layer
 
 
 @register_layer(nn.GroupNorm)
-class GroupNormHandler(LayerHandler):
-    def prepare(self, activations, backprops, views, output=None) -> GroupNormState:
-        return GroupNormState(activations, backprops, views)
-
-    def squared_norms(self, state: GroupNormState) -> torch.Tensor:
+class GroupNormHandler(MaterialisedHandler):
+    def prepare(self, activations, backprops, views, output=None) -> list[torch.Tensor]:
         module = self.module
         # Per view (each normalised on its own), then the mean over an example's views.
-        normalised = F.group_norm(state.a, module.num_groups, None, None, module.eps)
-        views = state.views
-
-        def merge(x):
-            return x.reshape(-1, views, x.shape[1]).mean(1)
-
-        total = 0.0
+        samples = {}
         if trains(module.weight):
-            state.weight_sample = merge((state.g * normalised).flatten(2).sum(2))
-            total = total + state.weight_sample.pow(2).sum(1)
+            normalised = F.group_norm(activations, module.num_groups, None, None, module.eps)
+            samples[id(module.weight)] = mean_views((backprops * normalised).flatten(2).sum(2),
+                                                    views)  # fmt: skip
         if trains(module.bias):
-            state.bias_sample = merge(state.g.flatten(2).sum(2))
-            total = total + state.bias_sample.pow(2).sum(1)
-        return total
-
-    def clipped_sums(self, state: GroupNormState, factors: torch.Tensor) -> Iterator:
-        module = self.module
-        if trains(module.weight):
-            yield module.weight, (factors[:, None] * state.weight_sample).sum(0)
-        if trains(module.bias):
-            yield module.bias, (factors[:, None] * state.bias_sample).sum(0)
+            samples[id(module.bias)] = mean_views(backprops.flatten(2).sum(2), views)
+        return self.in_order(samples)
 
 
 class GroupNormActHandler(GroupNormHandler):
@@ -67,7 +39,7 @@ class GroupNormActHandler(GroupNormHandler):
             return f"{type(module).__name__} with a drop layer ({type(module.drop).__name__})"
         return None
 
-    def prepare(self, activations, backprops, views, output=None) -> GroupNormState:
+    def prepare(self, activations, backprops, views, output=None) -> list[torch.Tensor]:
         module = self.module
         weight = None if module.weight is None else module.weight.detach()
         bias = None if module.bias is None else module.bias.detach()
@@ -75,4 +47,4 @@ class GroupNormActHandler(GroupNormHandler):
             normed = F.group_norm(activations.detach(), module.num_groups, weight, bias, module.eps)
             normed.requires_grad_(True)
             (at_norm,) = torch.autograd.grad(module.act(normed.clone()), normed, backprops)
-        return GroupNormState(activations, at_norm, views)
+        return super().prepare(activations, at_norm, views)

@@ -105,6 +105,22 @@ class LayerHandler:
             yield param, torch.einsum("n,n...->...", factors.to(row), row)
 
 
+class MaterialisedHandler(LayerHandler):
+    """A layer whose per-example gradients are as small as its parameters (norm affines, ViT
+    tokens): `prepare` returns them, (B, *parameter shape) per trainable parameter in
+    `trainable_parameters()` order, and the norms and clipped sums are those of explicit rows."""
+
+    def squared_norms(self, state: list[torch.Tensor]) -> torch.Tensor:
+        return self.rows_squared_norms(state)
+
+    def clipped_sums(self, state: list[torch.Tensor], factors: torch.Tensor):
+        return self.rows_clipped_sums(state, factors)
+
+    def in_order(self, samples: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """`samples` (id(parameter) → rows) as `prepare`'s state."""
+        return [samples[id(param)] for param in self.trainable_parameters()]
+
+
 def register_layer(
     *types: type[nn.Module],
 ) -> Callable[[type[LayerHandler]], type[LayerHandler]]:

@@ -15,7 +15,6 @@ map, applied to each example's G by autograd.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -23,10 +22,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from trainers.fast_clipping.algebra import mean_views, trains
-from trainers.fast_clipping.registry import LayerHandler
+from trainers.fast_clipping.registry import MaterialisedHandler
 
 
-class VisionTransformerTokensHandler(LayerHandler):
+class VisionTransformerTokensHandler(MaterialisedHandler):
     """Registered for timm's VisionTransformer in `timm_layers`."""
 
     @classmethod
@@ -47,20 +46,21 @@ class VisionTransformerTokensHandler(LayerHandler):
         return self.module.pos_drop, "input"
 
     def prepare(self, activations, backprops, views, output=None) -> list[torch.Tensor]:
-        """Each trainable parameter's per-example gradients, (B, *its shape without the 1)."""
+        """Each trainable parameter's per-example gradients, (B, *its shape)."""
         module = self.module
         g = mean_views(backprops, views)
-        samples, start = [], 0
+        samples, start = {}, 0
         for token in (module.cls_token, module.reg_token):
             if token is None:
                 continue
             count = token.shape[1]
             if trains(token):
-                samples.append(g[:, start : start + count])
+                samples[id(token)] = g[:, None, start : start + count]
             start += count
         if trains(module.pos_embed):
-            samples.append(self._pos_embed_gradient(g[:, start:] if module.no_embed_class else g))
-        return samples
+            pos = self._pos_embed_gradient(g[:, start:] if module.no_embed_class else g)
+            samples[id(module.pos_embed)] = pos[:, None]
+        return self.in_order(samples)
 
     def _pos_embed_gradient(self, g: torch.Tensor) -> torch.Tensor:
         module = self.module
@@ -85,10 +85,3 @@ class VisionTransformerTokensHandler(LayerHandler):
                 resampled, pos_embed, g.unsqueeze(1).to(resampled.dtype), is_grads_batched=True
             )
         return grads.squeeze(1).to(g.dtype)
-
-    def squared_norms(self, state: list[torch.Tensor]) -> torch.Tensor:
-        return sum(s.flatten(1).pow(2).sum(1) for s in state)
-
-    def clipped_sums(self, state: list[torch.Tensor], factors: torch.Tensor) -> Iterator:
-        for param, sample in zip(self.trainable_parameters(), state, strict=True):
-            yield param, torch.einsum("n,n...->...", factors.to(sample), sample).unsqueeze(0)
