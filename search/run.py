@@ -260,6 +260,14 @@ def _warn_about_missing_trials(results, plan) -> None:
             "their reported steps are in the ledger; see error.txt in their trial folders.",
             file=sys.stderr,
         )
+    refused = [r for r in results if r.error is None and plan.metric not in (r.metrics or {})]
+    if refused:
+        print(
+            f"warning: {len(refused)} trial(s) ended without a result: the privacy plan had no "
+            "room left for them (a retry or a resumed trial re-runs steps it already spent; "
+            "--retry-epochs sets that room). The ledger counts every step that ran.",
+            file=sys.stderr,
+        )
     if len(results) < plan.num_trials:
         print(
             "warning: not every planned trial ran: Tune's saved state lost the others (the "

@@ -19,6 +19,7 @@ import pytest
 
 import accounting
 from accounting.ledger import latest_status, read_ledger
+from search.plan import SearchPlan
 from tests.helpers import ROOT, TINY, search
 
 pytestmark = pytest.mark.slow  # real Ray searches with injected faults
@@ -119,7 +120,10 @@ def test_killed_trial_worker_is_retried_and_its_steps_still_count(worker_killed)
 
 
 def test_killed_driver_resumes_to_the_same_trials_and_counts_nothing_twice(tmp_path, worker_killed):
-    driver = start_search(tmp_path, "res")
+    # A driver kill can make every trial re-run one epoch: the one in flight, or the last one
+    # of a trial whose end the driver had not yet taken in. Room for all three, so that each
+    # resumes (a resume beyond the room: the next test).
+    driver = start_search(tmp_path, "res", "--retry-epochs", str(TRIALS))
     ledger = tmp_path / "res" / accounting.LEDGER_FILENAME
     try:
         wait_for(lambda: one_done_and_another_running(ledger), "one trial done, one running")
@@ -138,6 +142,43 @@ def test_killed_driver_resumes_to_the_same_trials_and_counts_nothing_twice(tmp_p
     # The same trials as the same command whose driver was never killed (the plan and the
     # searcher's seed and state survive the kill; a killed trial worker retries its config).
     assert sampled_configs(tmp_path / "res") == sampled_configs(worker_killed[1])
+
+
+def mid_epoch_trial(ledger: Path) -> str | None:
+    """A trial whose latest line claims an epoch it has not reported yet (claimed ahead: the
+    same step count appears once in its attempt)."""
+    records = read_ledger(ledger) if ledger.exists() else []
+    for trial_id, status in latest_status(records).items():
+        mine = [r for r in records if r.trial_id == trial_id]
+        last = mine[-1]
+        same = [r for r in mine if r.attempt == last.attempt and r.steps == last.steps]
+        if status == "running" and last.steps > last.start_steps and len(same) == 1:
+            return trial_id
+    return None
+
+
+def test_resume_beyond_the_retry_room_stops_that_trial_and_ends_cleanly(tmp_path):
+    """No room for re-run epochs, and a trial killed mid-epoch: its epoch runs twice if it
+    resumes, so the three trials no longer fit the plan. Whichever trial comes to reserve
+    last (the filter is first come, first served) ends stopped, with a warning, and the search
+    still ends with exit 0, inside its plan."""
+    driver = start_search(tmp_path, "tight", "--retry-epochs", "0")
+    ledger = tmp_path / "tight" / accounting.LEDGER_FILENAME
+    try:
+        wait_for(lambda: mid_epoch_trial(ledger), "a trial in the middle of an epoch")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.communicate()
+
+    resumed = search("--storage-path", tmp_path, "--name", "tight", "--resume", "--num-cpus", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert "ended without a result: the privacy plan had no room left" in resumed.stderr
+    records = read_ledger(ledger)
+    final = latest_status(records)
+    assert "stopped" in final.values() and "running" not in final.values(), final
+    plan = SearchPlan.load(tmp_path / "tight").privacy
+    assert plan.retry_epochs == 0 and plan.admits(accounting.reduce_ledger(records))
 
 
 @pytest.fixture
