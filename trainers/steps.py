@@ -173,7 +173,7 @@ def clipping_engine(config: TrainConfig, model: nn.Module) -> str:
         return "fast"
     if config.clipping == "fast":
         raise TrainerError(
-            f"fast clipping does not support this model's {reason} layers; use "
+            f"fast clipping does not support this model's layers ({reason}); use "
             "--set clipping=opacus (or auto)."
         )
     log.info("fast clipping does not support %s; using Opacus's per-example gradients", reason)

@@ -252,3 +252,49 @@ def test_a_trial_of_a_shared_layer_model_stops_with_one_sentence(monkeypatch):
     with pytest.raises(TrainerError, match="ran twice before a backward pass.*clipping=opacus"):
         train(make_config(tiny(model="shared_linear_net")))
     assert train(make_config(tiny(model="shared_linear_net", clipping="opacus")))["epsilon"] > 0
+
+
+class TiedLinear(nn.Module):
+    """Two Linear layers holding one weight (tied weights): each layer runs once, so nothing
+    runs twice, yet each example's gradient of the weight is the sum over both layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 6), nn.Linear(6, 6)
+        self.second.weight = self.first.weight
+        self.head = nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.second(torch.tanh(self.first(x)))))
+
+
+def test_parameters_shared_between_layers_go_to_opacus_which_clips_them_exactly():
+    """Before this check the engine took ‖g₁‖² + ‖g₂‖² for ‖g₁ + g₂‖² (norms 6 % off on this
+    model): the clip bound did not hold. Now such a model is not the engine's, under auto it
+    runs on Opacus, whose per-example gradients sum both uses."""
+    from opacus import GradSampleModule
+
+    from tests.helpers import tiny
+    from trainers import TrainerError, make_config
+    from trainers.steps import clipping_engine
+
+    model = TiedLinear().double()
+    reason = fast_clipping_unsupported(model)
+    assert reason == "a parameter shared by first.weight and second.weight"
+    with pytest.raises(ValueError, match="shared by first.weight and second.weight"):
+        FastClipper(model, 1.0)
+    assert clipping_engine(make_config(tiny()), model) == "opacus"
+    with pytest.raises(TrainerError, match="shared by first.weight.*clipping=opacus"):
+        clipping_engine(make_config(tiny(clipping="fast")), model)
+    # One layer registered under two names shares all its parameters the same way.
+    linear = nn.Linear(6, 6)
+    assert fast_clipping_unsupported(nn.Sequential(linear, nn.Tanh(), linear)) == (
+        "a parameter shared by 0.bias and 2.bias, a parameter shared by 0.weight and 2.weight"
+    )
+    # Opacus's per-example gradients of the tied model equal the microbatch reference.
+    x, labels = torch.randn(5, 6, dtype=torch.float64), torch.arange(5)
+    reference = microbatch_gradients(copy.deepcopy(model), x, labels)
+    sampled = GradSampleModule(copy.deepcopy(model), loss_reduction="sum")
+    F.cross_entropy(sampled(x), labels, reduction="sum").backward()
+    rows = torch.cat([p.grad_sample.reshape(5, -1) for p in sampled._module.parameters()], 1)
+    torch.testing.assert_close(rows, reference, rtol=1e-8, atol=1e-12)

@@ -96,7 +96,7 @@ class FastClipper:
     def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
         reason = fast_clipping_unsupported(model)
         if reason is not None:
-            raise ValueError(f"fast clipping does not support this model's {reason} layers")
+            raise ValueError(f"fast clipping does not support this model's layers: {reason}")
         self.model = model
         self.max_grad_norm = max_grad_norm
         self._captures = []

@@ -180,8 +180,25 @@ def trainable_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def shared_parameters(model: nn.Module) -> list[list[str]]:
+    """The names of each trainable parameter that more than one layer holds (tied weights, or
+    one layer registered under two names). Each layer's handler sees only its own use, so the
+    engine would take ‖g₁‖² + ‖g₂‖² for the example's ‖g₁ + g₂‖²: a wrong norm, a broken clip
+    bound. Opacus's per-example gradients sum both uses."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for own, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                holders.setdefault(id(param), []).append(f"{name}.{own}" if name else own)
+    return [names for names in holders.values() if len(names) > 1]
+
+
 def fast_clipping_unsupported(model: nn.Module) -> str | None:
     """Why the engine cannot clip this model (None: it can): the sorted, comma-separated
-    reasons of its trainable layers that no handler clips."""
+    reasons of its trainable layers that no handler clips, and any parameter shared between
+    layers."""
     reasons = {unsupported_reason(module) for module in trainable_layers(model)} - {None}
+    reasons |= {
+        f"a parameter shared by {' and '.join(names)}" for names in shared_parameters(model)
+    }
     return ", ".join(sorted(reasons)) if reasons else None
