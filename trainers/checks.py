@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from trainers.config import TrainConfig, TrainerError
 from trainers.data import Splits
 from trainers.frontends import frontend_shape
@@ -54,4 +56,5 @@ def check_runnable(configs: list[TrainConfig], splits: Splits) -> None:
         model = copy.deepcopy(built[key])
         select_trainable(model, config)
         if config.private:
-            clipping_engine(config, model)
+            example = torch.zeros(1, channels, size, size)  # data-independent
+            clipping_engine(config, model, example)

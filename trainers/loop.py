@@ -112,9 +112,12 @@ class _Run:
         )
         optimizer = make_optimizer(config, self.model.parameters())
         self.mechanism = plan_mechanism(config, self.n_train)
+        # Zeros of an input's shape: the engine is chosen from the model, not from the data.
+        example = self.prepare(torch.zeros_like(self.splits.train[0][0])[None])
         self.step, self.engine = make_step(
             config, model=self.model, optimizer=optimizer, dataset=self.splits.train,
             noise_multiplier=self.mechanism.noise_multiplier, device=self.device,
+            example=example,
         )  # fmt: skip
         if canaries is not None:
             canaries.attach(step=self.step, model=self.model, prepare=self.prepare,

@@ -27,6 +27,7 @@ from trainers.fast_clipping import (
     SharedLayerError,
     fast_clipping_unsupported,
     forward_with_input_grad,
+    layer_run_twice,
     noise_and_average,
 )
 from trainers.randomness import NOISE, SAMPLING, mechanism_generator
@@ -34,13 +35,16 @@ from trainers.randomness import NOISE, SAMPLING, mechanism_generator
 log = logging.getLogger(__name__)
 
 
-def make_step(config: TrainConfig, *, model, optimizer, dataset, noise_multiplier, device):
-    """The step `config` asks for: non-private, or DP-SGD on the engine the model allows.
-    Returns (step, engine): engine is "fast", "opacus" or None (non-private)."""
+def make_step(
+    config: TrainConfig, *, model, optimizer, dataset, noise_multiplier, device, example=None
+):
+    """The step `config` asks for: non-private, or DP-SGD on the engine the model allows
+    (`example`: see `clipping_engine`). Returns (step, engine): engine is "fast", "opacus" or
+    None (non-private)."""
     if not config.private:
         step = NonPrivateStep(model=model, optimizer=optimizer, dataset=dataset, config=config)
         return step, None
-    engine = clipping_engine(config, model)
+    engine = clipping_engine(config, model, example)
     step_class = FastStep if engine == "fast" else OpacusStep
     step = step_class(
         model=model, optimizer=optimizer, dataset=dataset, config=config,
@@ -164,11 +168,16 @@ class OpacusStep(StepState):
         self.model._close()
 
 
-def clipping_engine(config: TrainConfig, model: nn.Module) -> str:
-    """fast or opacus, as `config.clipping` asks and the model allows."""
+def clipping_engine(config: TrainConfig, model: nn.Module, example=None) -> str:
+    """fast or opacus, as `config.clipping` asks and the model allows. `example`: one
+    data-independent model input (zeros), to find a layer the forward pass runs twice."""
     if config.clipping == "opacus":
         return "opacus"
     reason = fast_clipping_unsupported(model)
+    if reason is None and example is not None:
+        reused = layer_run_twice(model, example)
+        if reused is not None:
+            reason = f"a {reused} run twice in one forward pass"
     if reason is None:
         return "fast"
     if config.clipping == "fast":

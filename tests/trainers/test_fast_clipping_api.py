@@ -239,19 +239,31 @@ def test_a_layer_used_twice_before_a_backward_is_refused_not_clipped_wrongly():
     clipper.close()
 
 
-def test_a_trial_of_a_shared_layer_model_stops_with_one_sentence(monkeypatch):
+def test_a_model_that_reuses_a_layer_is_found_before_its_first_step(monkeypatch):
+    """A forward pass of zeros (data-independent) before training finds the reused layer:
+    under auto the trial runs on Opacus, with clipping=fast it stops in one sentence before
+    any step; the probe leaves the global random state and the layers' modes as they were."""
     from tests.helpers import tiny
     from trainers import TrainerError, make_config, train
     from trainers import models as trainer_models
+    from trainers.fast_clipping import layer_run_twice
 
     def shared_linear_net(in_channels, num_classes, image_size):
         flat = in_channels * image_size * image_size
-        return nn.Sequential(nn.Flatten(), nn.Linear(flat, 6), SharedLinear())
+        return nn.Sequential(nn.Flatten(), nn.Linear(flat, 6), nn.Dropout(0.5), SharedLinear())
+
+    model = shared_linear_net(1, 10, 4).eval()
+    state = torch.get_rng_state()
+    assert layer_run_twice(model, torch.zeros(1, 1, 4, 4)) == "Linear"
+    assert torch.equal(torch.get_rng_state(), state) and not model.training
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    assert layer_run_twice(plain, torch.zeros(1, 16)) is None
 
     monkeypatch.setitem(trainer_models._MODELS, "shared_linear_net", shared_linear_net)
-    with pytest.raises(TrainerError, match="ran twice before a backward pass.*clipping=opacus"):
-        train(make_config(tiny(model="shared_linear_net")))
-    assert train(make_config(tiny(model="shared_linear_net", clipping="opacus")))["epsilon"] > 0
+    with pytest.raises(TrainerError, match="a Linear run twice in one forward.*clipping=opacus"):
+        train(make_config(tiny(model="shared_linear_net", clipping="fast")))
+    run = train(make_config(tiny(model="shared_linear_net")))
+    assert run["clipping"] == "opacus" and run["epsilon"] > 0
 
 
 class TiedLinear(nn.Module):

@@ -41,6 +41,7 @@ from trainers.fast_clipping.engine import (
     FastClipper,
     SharedLayerError,
     forward_with_input_grad,
+    layer_run_twice,
     noise_and_average,
 )
 from trainers.fast_clipping.private import PrivateTraining, make_private
@@ -57,6 +58,7 @@ __all__ = [
     "SharedLayerError",
     "fast_clipping_unsupported",
     "forward_with_input_grad",
+    "layer_run_twice",
     "make_private",
     "noise_and_average",
     "register_layer",

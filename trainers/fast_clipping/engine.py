@@ -55,6 +55,10 @@ def forward_with_input_grad(model: nn.Module, images: torch.Tensor) -> torch.Ten
 class SharedLayerError(RuntimeError):
     """A trainable layer ran twice before a backward pass (see `FastClipper._first_use`)."""
 
+    def __init__(self, message: str, layer: str) -> None:
+        super().__init__(message)
+        self.layer = layer
+
 
 class _Capture:
     """One hooked layer: its handler and what this physical batch's passes left for it."""
@@ -129,10 +133,12 @@ class FastClipper:
         the sum of both uses as each example's gradient, which a handler, seeing one input and
         one output gradient, would get wrong: refused, never clipped wrongly."""
         if capture.activations is not None:
+            layer = type(capture.handler.module).__name__
             raise SharedLayerError(
-                f"fast clipping: {type(capture.handler.module).__name__} ran twice before a "
-                "backward pass (a shared layer, or a second forward); run one forward per "
-                "backward, or use Opacus's per-example gradients (clipping=opacus)"
+                f"fast clipping: {layer} ran twice before a backward pass (a shared layer, or "
+                "a second forward); run one forward per backward, or use Opacus's per-example "
+                "gradients (clipping=opacus)",
+                layer,
             )
 
     def _input(self, capture: _Capture, module, inputs):
@@ -225,6 +231,28 @@ class FastClipper:
         for capture in self._captures:
             capture.handle.remove()
             capture.take()
+
+
+def layer_run_twice(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The type of a trainable layer that one training-mode forward pass of `example` runs
+    twice (a layer reused inside the model), None if none. `example` should be
+    data-independent (zeros of an input's shape): the probe chooses the engine before any
+    step, so a model that reuses a layer is sent to Opacus up front instead of stopping its
+    first step. The global random state (dropout) is left as it was."""
+    modes = [(module, module.training) for module in model.modules()]
+    clipper = FastClipper(model, 1.0)
+    devices = [example.device] if example.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            model.train()
+            forward_with_input_grad(model, example)
+    except SharedLayerError as error:
+        return error.layer
+    finally:
+        clipper.close()
+        for module, training in modes:
+            module.training = training
+    return None
 
 
 def noise_and_average(
