@@ -268,6 +268,12 @@ def _load_runnable_splits(base, searched: dict[str, Any]):
     below 1/n."""
     splits = load_splits(base)
     n_train = len(splits.train)
+    if base.validation == "dp" and not len(splits.validation or ()):
+        raise SearchError(
+            f"validation_fraction={base.validation_fraction:g} holds no records out for "
+            "validation=dp, which leaves the search nothing to select on; hold out a share "
+            "of the pool (0.1 is usual) or use validation=public with validation_data."
+        )
     check_trials_can_run(base.to_dict(), searched, splits)
     if base.private and base.delta >= 1.0 / n_train:
         raise SearchError(f"--delta {base.delta} is not below 1/n = {1 / n_train:.2g}; lower it.")

@@ -82,6 +82,8 @@ SEARCH_CASES = {
     "budgets not numbers": ([*TINY, "--budgets", "1,x"], "not a comma-separated list"),
     "budgets not positive": ([*TINY, "--budgets", "1,-2"], "every budget ε must be a positive"),
     "validation off": ([*TINY, "--set", "validation=off"], "nothing to select on"),
+    "no records held out": ([*TINY, "--set", "validation_fraction=0"], "holds no records out"),
+    "too few held out": ([*TINY, "--set", "validation_fraction=0.001"], "holds no records out"),
     "selecting on the test split": (
         [*TINY, "--set", "validation=public", "--set", "validation_data=test"],
         "test split is refused",
